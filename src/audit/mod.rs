@@ -1,0 +1,6 @@
+//! The durable audit trail: every answered verification is written before its
+//! answer leaves the gateway. See [`writer::AuditWriter`] for group commit.
+
+pub mod writer;
+
+pub use writer::{AuditError, AuditWriter};

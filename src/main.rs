@@ -1,0 +1,41 @@
+//! The `simverify` binary: parse the command line, set up logging, run, and
+//! turn the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use simverify::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.common.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(simverify::cli::EXIT_SOFTWARE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string();
+            // An empty message is a closed pipe (`… | head`): the reader has
+            // what it wanted, which is success.
+            if msg.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

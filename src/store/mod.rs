@@ -1,0 +1,346 @@
+//! Persistence of the mirror and the audit log, on SQLite (embedded default)
+//! or PostgreSQL (production), through sqlx.
+//!
+//! Dispatch is a two-variant enum rather than a trait object: both backends
+//! are known at compile time, the hot path avoids boxed futures, and every
+//! method is written once per backend in `sqlite.rs` / `postgres.rs`.
+//! **Architecture invariant:** sqlx types never leave this module.
+
+mod postgres;
+mod sqlite;
+
+use crate::domain::{AuditRecord, LookupKey, MirrorRecord};
+
+/// Most rows a single multi-row statement carries. SQLite allows 32,766
+/// bound parameters per statement; the audit row has 22 columns.
+const SQLITE_CHUNK: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (use sqlite://PATH or postgres://…)")]
+    BadUrl,
+    #[error(
+        "the hash key does not match the key (id {key_id}) this mirror was built with; \
+         start with the original key or rebuild the mirror"
+    )]
+    KeyMismatch { key_id: u16 },
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Counts an import reports when it finishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    pub upserted: u64,
+    pub deleted: u64,
+    pub rejected: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Connects and applies pending migrations. `url` is `sqlite://PATH`,
+    /// `postgres://…`, or a bare file path (SQLite, created if missing).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(postgres::PgStore::connect(url).await?))
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or(url.strip_prefix("sqlite:"))
+        {
+            Ok(Self::Sqlite(sqlite::SqliteStore::connect(path).await?))
+        } else if !url.contains("://") && !url.is_empty() {
+            Ok(Self::Sqlite(sqlite::SqliteStore::connect(url).await?))
+        } else {
+            Err(StoreError::BadUrl)
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    /// Records the key's fingerprint on first use; refuses a different key.
+    pub async fn check_key(&self, key_id: u16, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        let stored = dispatch!(self, s => s.key_fingerprint(key_id, fingerprint).await)?;
+        if stored.as_slice() == fingerprint {
+            Ok(())
+        } else {
+            Err(StoreError::KeyMismatch { key_id })
+        }
+    }
+
+    /// The records for `keys` that exist, in no particular order.
+    pub async fn get_records(
+        &self,
+        keys: &[LookupKey],
+    ) -> Result<Vec<(LookupKey, MirrorRecord)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, s => s.get_records(keys).await)
+    }
+
+    pub async fn get_record(&self, key: &LookupKey) -> Result<Option<MirrorRecord>, StoreError> {
+        dispatch!(self, s => s.get_record(key).await)
+    }
+
+    /// The newest finished import's version; 0 for an empty mirror.
+    pub async fn mirror_version(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.mirror_version().await)
+    }
+
+    pub async fn record_count(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.record_count().await)
+    }
+
+    /// Allocates the next mirror version for an import of `source`.
+    pub async fn begin_import(&self, source: &str) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.begin_import(source).await)
+    }
+
+    /// Inserts or updates records, in one transaction. Rows equal to what is
+    /// stored are left alone (so they do not invalidate caches); returns how
+    /// many rows changed. Within `rows`, the last entry for a key wins.
+    pub async fn upsert_records(
+        &self,
+        rows: &[(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let rows = last_per_key(rows);
+        dispatch!(self, s => s.upsert_records(&rows, now_us).await)
+    }
+
+    /// Deletes records and leaves tombstones for cache invalidation.
+    pub async fn delete_records(
+        &self,
+        keys: &[LookupKey],
+        version: i64,
+    ) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        dispatch!(self, s => s.delete_records(keys, version).await)
+    }
+
+    /// Marks the import finished: from now on it is the mirror version.
+    pub async fn finish_import(
+        &self,
+        version: i64,
+        stats: ImportStats,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish_import(version, stats, now_us).await)
+    }
+
+    /// Keys changed or deleted by imports after `version`, or `None` when
+    /// there are more than `limit` (the caller then drops its whole cache).
+    pub async fn changed_since(
+        &self,
+        version: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<LookupKey>>, StoreError> {
+        dispatch!(self, s => s.changed_since(version, limit).await)
+    }
+
+    /// Appends audit records in one transaction: all or none are durable.
+    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.append_audit(records).await)
+    }
+
+    pub async fn audit_by_id(&self, audit_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        dispatch!(self, s => s.audit_by_id(audit_id).await)
+    }
+
+    pub async fn audit_count(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.audit_count().await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+}
+
+/// Keeps the last row for each key: a key may appear twice in one extract,
+/// and PostgreSQL refuses to upsert the same row twice in one statement.
+fn last_per_key(rows: &[(LookupKey, MirrorRecord)]) -> Vec<&(LookupKey, MirrorRecord)> {
+    let mut idx: Vec<usize> = (0..rows.len()).collect();
+    idx.sort_by(|&a, &b| rows[a].0.cmp(&rows[b].0).then(b.cmp(&a)));
+    idx.dedup_by(|a, b| rows[*a].0 == rows[*b].0);
+    idx.into_iter().map(|i| &rows[i]).collect()
+}
+
+/// Concatenated 16-byte token hashes, as stored.
+fn pack_tokens(r: &MirrorRecord) -> Vec<u8> {
+    r.tokens.iter().flat_map(|t| t.0).collect()
+}
+
+fn unpack_tokens(b: &[u8]) -> Result<Vec<crate::domain::FieldHash>, StoreError> {
+    if b.len() % 16 != 0 {
+        return Err(StoreError::Corrupt("token_hashes length"));
+    }
+    Ok(b.chunks_exact(16)
+        .map(|c| crate::domain::FieldHash::from_slice(c).expect("16 bytes"))
+        .collect())
+}
+
+/// Columns of a mirror row, decoded backend-independently.
+struct RawMirrorRow {
+    lookup_key: Vec<u8>,
+    key_id: i64,
+    name_hash: Vec<u8>,
+    folded_hash: Vec<u8>,
+    token_hashes: Vec<u8>,
+    dob_hash: Vec<u8>,
+    dob_precision: i64,
+    sex_hash: Vec<u8>,
+    status: i64,
+    source_version: i64,
+}
+
+impl RawMirrorRow {
+    fn into_record(self) -> Result<(LookupKey, MirrorRecord), StoreError> {
+        use crate::domain::{DobPrecision, FieldHash, RecordStatus};
+        let fh = |b: &[u8], what| FieldHash::from_slice(b).ok_or(StoreError::Corrupt(what));
+        let key =
+            LookupKey::from_slice(&self.lookup_key).ok_or(StoreError::Corrupt("lookup_key"))?;
+        let rec = MirrorRecord {
+            name: fh(&self.name_hash, "name_hash")?,
+            folded: fh(&self.folded_hash, "folded_hash")?,
+            tokens: unpack_tokens(&self.token_hashes)?,
+            dob: fh(&self.dob_hash, "dob_hash")?,
+            dob_precision: i16::try_from(self.dob_precision)
+                .ok()
+                .and_then(DobPrecision::from_i16)
+                .ok_or(StoreError::Corrupt("dob_precision"))?,
+            sex: fh(&self.sex_hash, "sex_hash")?,
+            status: i16::try_from(self.status)
+                .ok()
+                .and_then(RecordStatus::from_i16)
+                .ok_or(StoreError::Corrupt("status"))?,
+            key_id: u16::try_from(self.key_id).map_err(|_| StoreError::Corrupt("key_id"))?,
+            source_version: self.source_version,
+        };
+        Ok((key, rec))
+    }
+}
+
+/// Columns of an audit row, decoded backend-independently.
+struct RawAuditRow {
+    audit_id: String,
+    recorded_at: i64,
+    caller: String,
+    request_id: String,
+    job_id: Option<String>,
+    purpose: i64,
+    consent_ref: Option<String>,
+    lookup_key: Option<Vec<u8>>,
+    msisdn_hash: Option<Vec<u8>>,
+    key_id: i64,
+    decision: i64,
+    id_result: i64,
+    name_result: i64,
+    dob_result: i64,
+    sex_result: i64,
+    name_tier: Option<i64>,
+    name_score: i64,
+    action: i64,
+    reasons: i64,
+    mirror_version: i64,
+    latency_us: i64,
+}
+
+impl RawAuditRow {
+    fn into_record(self) -> Result<AuditRecord, StoreError> {
+        use crate::domain::{
+            Decision, FieldResult, MsisdnHash, NameTier, Purpose, Reasons, RecommendedAction,
+            Verdict,
+        };
+        let small = |v: i64, what| i16::try_from(v).map_err(|_| StoreError::Corrupt(what));
+        let field = |v: i64, what| {
+            small(v, what).and_then(|v| FieldResult::from_i16(v).ok_or(StoreError::Corrupt(what)))
+        };
+        let verdict = Verdict {
+            decision: Decision::from_i16(small(self.decision, "decision")?)
+                .ok_or(StoreError::Corrupt("decision"))?,
+            id_number: field(self.id_result, "id_result")?,
+            full_name: field(self.name_result, "name_result")?,
+            date_of_birth: field(self.dob_result, "dob_result")?,
+            sex: field(self.sex_result, "sex_result")?,
+            name_tier: match self.name_tier {
+                None => None,
+                Some(t) => Some(
+                    NameTier::from_i16(small(t, "name_tier")?)
+                        .ok_or(StoreError::Corrupt("name_tier"))?,
+                ),
+            },
+            name_score: u8::try_from(self.name_score)
+                .map_err(|_| StoreError::Corrupt("name_score"))?,
+            action: RecommendedAction::from_i16(small(self.action, "action")?)
+                .ok_or(StoreError::Corrupt("action"))?,
+            reasons: Reasons::from_bits(
+                u32::try_from(self.reasons).map_err(|_| StoreError::Corrupt("reasons"))?,
+            ),
+        };
+        Ok(AuditRecord {
+            audit_id: self.audit_id,
+            recorded_at: self.recorded_at,
+            caller: self.caller,
+            request_id: self.request_id,
+            job_id: self.job_id,
+            purpose: Purpose::from_i16(small(self.purpose, "purpose")?)
+                .ok_or(StoreError::Corrupt("purpose"))?,
+            consent_ref: self.consent_ref,
+            lookup_key: match self.lookup_key {
+                None => None,
+                Some(b) => {
+                    Some(LookupKey::from_slice(&b).ok_or(StoreError::Corrupt("lookup_key"))?)
+                }
+            },
+            msisdn_hash: match self.msisdn_hash {
+                None => None,
+                Some(b) => Some(MsisdnHash(
+                    b.as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("msisdn_hash"))?,
+                )),
+            },
+            key_id: u16::try_from(self.key_id).map_err(|_| StoreError::Corrupt("key_id"))?,
+            verdict,
+            mirror_version: self.mirror_version,
+            latency_us: u32::try_from(self.latency_us)
+                .map_err(|_| StoreError::Corrupt("latency_us"))?,
+        })
+    }
+}

@@ -1,0 +1,352 @@
+//! PostgreSQL, for production. Bulk paths use `UNNEST` over array binds: one
+//! statement per batch, no per-row round trips.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+
+use super::{ImportStats, RawAuditRow, RawMirrorRow, StoreError, pack_tokens};
+use crate::domain::{AuditRecord, LookupKey, MirrorRecord};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn mirror_row(r: &PgRow) -> Result<RawMirrorRow, sqlx::Error> {
+    Ok(RawMirrorRow {
+        lookup_key: r.try_get(0)?,
+        key_id: i64::from(r.try_get::<i16, _>(1)?),
+        name_hash: r.try_get(2)?,
+        folded_hash: r.try_get(3)?,
+        token_hashes: r.try_get(4)?,
+        dob_hash: r.try_get(5)?,
+        dob_precision: i64::from(r.try_get::<i16, _>(6)?),
+        sex_hash: r.try_get(7)?,
+        status: i64::from(r.try_get::<i16, _>(8)?),
+        source_version: r.try_get(9)?,
+    })
+}
+
+fn audit_row(r: &PgRow) -> Result<RawAuditRow, sqlx::Error> {
+    let small = |c: &str| r.try_get::<i16, _>(c).map(i64::from);
+    Ok(RawAuditRow {
+        audit_id: r.try_get("audit_id")?,
+        recorded_at: r.try_get("recorded_at")?,
+        caller: r.try_get("caller")?,
+        request_id: r.try_get("request_id")?,
+        job_id: r.try_get("job_id")?,
+        purpose: small("purpose")?,
+        consent_ref: r.try_get("consent_ref")?,
+        lookup_key: r.try_get("lookup_key")?,
+        msisdn_hash: r.try_get("msisdn_hash")?,
+        key_id: small("key_id")?,
+        decision: small("decision")?,
+        id_result: small("id_result")?,
+        name_result: small("name_result")?,
+        dob_result: small("dob_result")?,
+        sex_result: small("sex_result")?,
+        name_tier: r.try_get::<Option<i16>, _>("name_tier")?.map(i64::from),
+        name_score: small("name_score")?,
+        action: small("action")?,
+        reasons: i64::from(r.try_get::<i32, _>("reasons")?),
+        mirror_version: r.try_get("mirror_version")?,
+        latency_us: i64::from(r.try_get::<i32, _>("latency_us")?),
+    })
+}
+
+fn key_bytes(keys: &[LookupKey]) -> Vec<Vec<u8>> {
+    keys.iter().map(|k| k.0.to_vec()).collect()
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn key_fingerprint(&self, key_id: u16, fp: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
+        let key_id = i16::try_from(key_id).map_err(|_| StoreError::Corrupt("key_id"))?;
+        sqlx::query(
+            "INSERT INTO key_fingerprints (key_id, fingerprint) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(key_id)
+        .bind(&fp[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM key_fingerprints WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn get_record(&self, key: &LookupKey) -> Result<Option<MirrorRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
+             dob_precision, sex_hash, status, source_version FROM mirror_records WHERE lookup_key = $1",
+        )
+        .bind(&key.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(mirror_row(&r)?.into_record()?.1)),
+        }
+    }
+
+    pub async fn get_records(
+        &self,
+        keys: &[LookupKey],
+    ) -> Result<Vec<(LookupKey, MirrorRecord)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
+             dob_precision, sex_hash, status, source_version FROM mirror_records \
+             WHERE lookup_key = ANY($1)",
+        )
+        .bind(key_bytes(keys))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| mirror_row(r)?.into_record()).collect()
+    }
+
+    pub async fn mirror_version(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM mirror_imports WHERE finished_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub async fn record_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM mirror_records")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn begin_import(&self, source: &str) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Serialise version allocation between concurrent importers.
+        sqlx::query("LOCK TABLE mirror_imports IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let v: i64 = sqlx::query_scalar(
+            "INSERT INTO mirror_imports (version, started_at, source) \
+             SELECT COALESCE(MAX(version), 0) + 1, $1, $2 FROM mirror_imports RETURNING version",
+        )
+        .bind(crate::clock::now_micros())
+        .bind(source)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    pub async fn upsert_records(
+        &self,
+        rows: &[&(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<u64, StoreError> {
+        let n = rows.len();
+        let (mut keys, mut key_ids, mut names, mut folded, mut tokens) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut dobs, mut precs, mut sexes, mut statuses, mut versions) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (k, r) in rows.iter().map(|r| (&r.0, &r.1)) {
+            keys.push(k.0.to_vec());
+            key_ids.push(r.key_id as i16);
+            names.push(r.name.0.to_vec());
+            folded.push(r.folded.0.to_vec());
+            tokens.push(pack_tokens(r));
+            dobs.push(r.dob.0.to_vec());
+            precs.push(r.dob_precision.as_i16());
+            sexes.push(r.sex.0.to_vec());
+            statuses.push(r.status.as_i16());
+            versions.push(r.source_version);
+        }
+        let res = sqlx::query(
+            "INSERT INTO mirror_records (lookup_key, key_id, name_hash, folded_hash, token_hashes, \
+             dob_hash, dob_precision, sex_hash, status, source_version, updated_at) \
+             SELECT k, ki, n, f, t, d, p, s, st, v, $11 FROM UNNEST($1::bytea[], $2::int2[], \
+             $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::int2[], $8::bytea[], \
+             $9::int2[], $10::int8[]) AS u(k, ki, n, f, t, d, p, s, st, v) \
+             ON CONFLICT (lookup_key) DO UPDATE SET key_id = EXCLUDED.key_id, \
+             name_hash = EXCLUDED.name_hash, folded_hash = EXCLUDED.folded_hash, \
+             token_hashes = EXCLUDED.token_hashes, dob_hash = EXCLUDED.dob_hash, \
+             dob_precision = EXCLUDED.dob_precision, sex_hash = EXCLUDED.sex_hash, \
+             status = EXCLUDED.status, source_version = EXCLUDED.source_version, \
+             updated_at = EXCLUDED.updated_at \
+             WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
+             mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
+             mirror_records.sex_hash, mirror_records.status) IS DISTINCT FROM (EXCLUDED.key_id, \
+             EXCLUDED.name_hash, EXCLUDED.folded_hash, EXCLUDED.token_hashes, EXCLUDED.dob_hash, \
+             EXCLUDED.dob_precision, EXCLUDED.sex_hash, EXCLUDED.status)",
+        )
+        .bind(keys)
+        .bind(key_ids)
+        .bind(names)
+        .bind(folded)
+        .bind(tokens)
+        .bind(dobs)
+        .bind(precs)
+        .bind(sexes)
+        .bind(statuses)
+        .bind(versions)
+        .bind(now_us)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    pub async fn delete_records(
+        &self,
+        keys: &[LookupKey],
+        version: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted: Vec<Vec<u8>> = sqlx::query_scalar(
+            "DELETE FROM mirror_records WHERE lookup_key = ANY($1) RETURNING lookup_key",
+        )
+        .bind(key_bytes(keys))
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO mirror_deletions (lookup_key, version) SELECT k, $2 FROM UNNEST($1::bytea[]) AS u(k)")
+            .bind(&deleted)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.len() as u64)
+    }
+
+    pub async fn finish_import(
+        &self,
+        version: i64,
+        s: ImportStats,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mirror_imports SET finished_at = $1, rows_upserted = $2, rows_deleted = $3, \
+             rows_rejected = $4 WHERE version = $5",
+        )
+        .bind(now_us)
+        .bind(s.upserted as i64)
+        .bind(s.deleted as i64)
+        .bind(s.rejected as i64)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn changed_since(
+        &self,
+        version: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<LookupKey>>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "(SELECT lookup_key FROM mirror_records WHERE source_version > $1) \
+             UNION ALL (SELECT lookup_key FROM mirror_deletions WHERE version > $1) LIMIT $2",
+        )
+        .bind(version)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() > limit {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(|b| LookupKey::from_slice(b).ok_or(StoreError::Corrupt("lookup_key")))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        macro_rules! col {
+            ($f:expr) => {
+                records.iter().map($f).collect::<Vec<_>>()
+            };
+        }
+        sqlx::query(
+            "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
+             consent_ref, lookup_key, msisdn_hash, key_id, decision, id_result, name_result, \
+             dob_result, sex_result, name_tier, name_score, action, reasons, mirror_version, \
+             latency_us) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+             $6::int2[], $7::text[], $8::bytea[], $9::bytea[], $10::int2[], $11::int2[], \
+             $12::int2[], $13::int2[], $14::int2[], $15::int2[], $16::int2[], $17::int2[], \
+             $18::int2[], $19::int4[], $20::int8[], $21::int4[])",
+        )
+        .bind(col!(|a| a.audit_id.clone()))
+        .bind(col!(|a| a.recorded_at))
+        .bind(col!(|a| a.caller.clone()))
+        .bind(col!(|a| a.request_id.clone()))
+        .bind(col!(|a| a.job_id.clone()))
+        .bind(col!(|a| a.purpose.as_i16()))
+        .bind(col!(|a| a.consent_ref.clone()))
+        .bind(col!(|a| a.lookup_key.map(|k| k.0.to_vec())))
+        .bind(col!(|a| a.msisdn_hash.map(|k| k.0.to_vec())))
+        .bind(col!(|a| a.key_id as i16))
+        .bind(col!(|a| a.verdict.decision.as_i16()))
+        .bind(col!(|a| a.verdict.id_number.as_i16()))
+        .bind(col!(|a| a.verdict.full_name.as_i16()))
+        .bind(col!(|a| a.verdict.date_of_birth.as_i16()))
+        .bind(col!(|a| a.verdict.sex.as_i16()))
+        .bind(col!(|a| a.verdict.name_tier.map(|t| t.as_i16())))
+        .bind(col!(|a| i16::from(a.verdict.name_score)))
+        .bind(col!(|a| a.verdict.action.as_i16()))
+        .bind(col!(|a| a.verdict.reasons.bits() as i32))
+        .bind(col!(|a| a.mirror_version))
+        .bind(col!(|a| a.latency_us.min(i32::MAX as u32) as i32))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit_by_id(&self, audit_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = $1")
+            .bind(audit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(audit_row(&r)?.into_record()?)),
+        }
+    }
+
+    pub async fn audit_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

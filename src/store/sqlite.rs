@@ -1,0 +1,348 @@
+//! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a committed audit batch survives power loss.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{ImportStats, RawAuditRow, RawMirrorRow, SQLITE_CHUNK, StoreError, pack_tokens};
+use crate::domain::{AuditRecord, LookupKey, MirrorRecord};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const MIRROR_COLUMNS: &str = "lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
+     dob_precision, sex_hash, status, source_version";
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn mirror_row(r: &SqliteRow) -> Result<RawMirrorRow, sqlx::Error> {
+    Ok(RawMirrorRow {
+        lookup_key: r.try_get(0)?,
+        key_id: r.try_get(1)?,
+        name_hash: r.try_get(2)?,
+        folded_hash: r.try_get(3)?,
+        token_hashes: r.try_get(4)?,
+        dob_hash: r.try_get(5)?,
+        dob_precision: r.try_get(6)?,
+        sex_hash: r.try_get(7)?,
+        status: r.try_get(8)?,
+        source_version: r.try_get(9)?,
+    })
+}
+
+fn audit_row(r: &SqliteRow) -> Result<RawAuditRow, sqlx::Error> {
+    Ok(RawAuditRow {
+        audit_id: r.try_get("audit_id")?,
+        recorded_at: r.try_get("recorded_at")?,
+        caller: r.try_get("caller")?,
+        request_id: r.try_get("request_id")?,
+        job_id: r.try_get("job_id")?,
+        purpose: r.try_get("purpose")?,
+        consent_ref: r.try_get("consent_ref")?,
+        lookup_key: r.try_get("lookup_key")?,
+        msisdn_hash: r.try_get("msisdn_hash")?,
+        key_id: r.try_get("key_id")?,
+        decision: r.try_get("decision")?,
+        id_result: r.try_get("id_result")?,
+        name_result: r.try_get("name_result")?,
+        dob_result: r.try_get("dob_result")?,
+        sex_result: r.try_get("sex_result")?,
+        name_tier: r.try_get("name_tier")?,
+        name_score: r.try_get("name_score")?,
+        action: r.try_get("action")?,
+        reasons: r.try_get("reasons")?,
+        mirror_version: r.try_get("mirror_version")?,
+        latency_us: r.try_get("latency_us")?,
+    })
+}
+
+impl SqliteStore {
+    pub async fn connect(path: &str) -> Result<Self, StoreError> {
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
+            }
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it returns. Group commit in the
+            // audit writer keeps the fsync count low.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn key_fingerprint(&self, key_id: u16, fp: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT INTO key_fingerprints (key_id, fingerprint) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(i64::from(key_id))
+            .bind(&fp[..])
+            .execute(&self.pool)
+            .await?;
+        let fp: Vec<u8> =
+            sqlx::query_scalar("SELECT fingerprint FROM key_fingerprints WHERE key_id = ?")
+                .bind(i64::from(key_id))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(fp)
+    }
+
+    pub async fn get_record(&self, key: &LookupKey) -> Result<Option<MirrorRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
+             dob_precision, sex_hash, status, source_version FROM mirror_records WHERE lookup_key = ?",
+        )
+        .bind(&key.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(mirror_row(&r)?.into_record()?.1)),
+        }
+    }
+
+    pub async fn get_records(
+        &self,
+        keys: &[LookupKey],
+    ) -> Result<Vec<(LookupKey, MirrorRecord)>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(SQLITE_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+            qb.push(MIRROR_COLUMNS);
+            qb.push(" FROM mirror_records WHERE lookup_key IN (");
+            let mut sep = qb.separated(", ");
+            for k in chunk {
+                sep.push_bind(k.0.to_vec());
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push(mirror_row(r)?.into_record()?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn mirror_version(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM mirror_imports WHERE finished_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub async fn record_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM mirror_records")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn begin_import(&self, source: &str) -> Result<i64, StoreError> {
+        let now = crate::clock::now_micros();
+        let v: i64 = sqlx::query_scalar(
+            "INSERT INTO mirror_imports (version, started_at, source) \
+             SELECT COALESCE(MAX(version), 0) + 1, ?, ? FROM mirror_imports RETURNING version",
+        )
+        .bind(now)
+        .bind(source)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v)
+    }
+
+    pub async fn upsert_records(
+        &self,
+        rows: &[&(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        for chunk in rows.chunks(SQLITE_CHUNK / 2) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO mirror_records (lookup_key, key_id, name_hash, folded_hash, \
+                 token_hashes, dob_hash, dob_precision, sex_hash, status, source_version, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, (k, r)| {
+                b.push_bind(k.0.to_vec())
+                    .push_bind(i64::from(r.key_id))
+                    .push_bind(r.name.0.to_vec())
+                    .push_bind(r.folded.0.to_vec())
+                    .push_bind(pack_tokens(r))
+                    .push_bind(r.dob.0.to_vec())
+                    .push_bind(i64::from(r.dob_precision.as_i16()))
+                    .push_bind(r.sex.0.to_vec())
+                    .push_bind(i64::from(r.status.as_i16()))
+                    .push_bind(r.source_version)
+                    .push_bind(now_us);
+            });
+            qb.push(
+                " ON CONFLICT (lookup_key) DO UPDATE SET key_id = excluded.key_id, \
+                 name_hash = excluded.name_hash, folded_hash = excluded.folded_hash, \
+                 token_hashes = excluded.token_hashes, dob_hash = excluded.dob_hash, \
+                 dob_precision = excluded.dob_precision, sex_hash = excluded.sex_hash, \
+                 status = excluded.status, source_version = excluded.source_version, \
+                 updated_at = excluded.updated_at \
+                 WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
+                 mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
+                 mirror_records.sex_hash, mirror_records.status) IS NOT (excluded.key_id, \
+                 excluded.name_hash, excluded.folded_hash, excluded.token_hashes, excluded.dob_hash, \
+                 excluded.dob_precision, excluded.sex_hash, excluded.status)",
+            );
+            changed += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub async fn delete_records(
+        &self,
+        keys: &[LookupKey],
+        version: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for k in keys {
+            let n = sqlx::query("DELETE FROM mirror_records WHERE lookup_key = ?")
+                .bind(&k.0[..])
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query("INSERT INTO mirror_deletions (lookup_key, version) VALUES (?, ?)")
+                    .bind(&k.0[..])
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            deleted += n;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn finish_import(
+        &self,
+        version: i64,
+        s: ImportStats,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mirror_imports SET finished_at = ?, rows_upserted = ?, rows_deleted = ?, \
+             rows_rejected = ? WHERE version = ?",
+        )
+        .bind(now_us)
+        .bind(s.upserted as i64)
+        .bind(s.deleted as i64)
+        .bind(s.rejected as i64)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn changed_since(
+        &self,
+        version: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<LookupKey>>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT lookup_key FROM mirror_records WHERE source_version > ? \
+             UNION ALL SELECT lookup_key FROM mirror_deletions WHERE version > ? LIMIT ?",
+        )
+        .bind(version)
+        .bind(version)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.len() > limit {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(|b| LookupKey::from_slice(b).ok_or(StoreError::Corrupt("lookup_key")))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(SQLITE_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
+                 consent_ref, lookup_key, msisdn_hash, key_id, decision, id_result, name_result, \
+                 dob_result, sex_result, name_tier, name_score, action, reasons, mirror_version, \
+                 latency_us) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                let v = &a.verdict;
+                b.push_bind(a.audit_id.clone())
+                    .push_bind(a.recorded_at)
+                    .push_bind(a.caller.clone())
+                    .push_bind(a.request_id.clone())
+                    .push_bind(a.job_id.clone())
+                    .push_bind(i64::from(a.purpose.as_i16()))
+                    .push_bind(a.consent_ref.clone())
+                    .push_bind(a.lookup_key.map(|k| k.0.to_vec()))
+                    .push_bind(a.msisdn_hash.map(|k| k.0.to_vec()))
+                    .push_bind(i64::from(a.key_id))
+                    .push_bind(i64::from(v.decision.as_i16()))
+                    .push_bind(i64::from(v.id_number.as_i16()))
+                    .push_bind(i64::from(v.full_name.as_i16()))
+                    .push_bind(i64::from(v.date_of_birth.as_i16()))
+                    .push_bind(i64::from(v.sex.as_i16()))
+                    .push_bind(v.name_tier.map(|t| i64::from(t.as_i16())))
+                    .push_bind(i64::from(v.name_score))
+                    .push_bind(i64::from(v.action.as_i16()))
+                    .push_bind(i64::from(v.reasons.bits()))
+                    .push_bind(a.mirror_version)
+                    .push_bind(i64::from(a.latency_us));
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn audit_by_id(&self, audit_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = ?")
+            .bind(audit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(audit_row(&r)?.into_record()?)),
+        }
+    }
+
+    pub async fn audit_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,338 @@
+//! The verification use case: parse → keyed hash → cache/store → match →
+//! durable audit → answer. Transport-agnostic: `grpc` adapts it to tonic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::audit::{AuditError, AuditWriter};
+use crate::cache::{CacheConfig, CachedRecord, MirrorCache};
+use crate::clock;
+use crate::domain::{
+    AuditRecord, CivilDate, KeyedHasher, LookupKey, Purpose, RawRequest, Verdict, VerifyInput,
+    Violation, decide,
+};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The request is not valid; one violation per bad field.
+    #[error("invalid request")]
+    Invalid(Vec<Violation>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub cache: CacheConfig,
+    /// Most audit records per transaction.
+    pub audit_max_batch: usize,
+    /// Most audit submissions waiting for the writer.
+    pub audit_queue: usize,
+    /// How often to look for mirror imports to invalidate cached entries.
+    pub watch_interval: Duration,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            cache: CacheConfig::default(),
+            audit_max_batch: 4096,
+            audit_queue: 4096,
+            watch_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One request of a call, with the context that is recorded with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    pub raw: RawRequest<'a>,
+    pub purpose: Purpose,
+}
+
+/// What the gateway answers for one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub request_id: String,
+    pub verdict: Verdict,
+    /// Non-empty only for item-level INVALID answers inside a stream.
+    pub violations: Vec<Violation>,
+    pub audit_id: String,
+    pub mirror_version: i64,
+}
+
+/// Shared, cheaply cloneable handle to the use case.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hasher: KeyedHasher,
+    store: Store,
+    cache: MirrorCache,
+    audit: AuditWriter,
+    mirror_version: AtomicI64,
+}
+
+/// Background tasks owned by a verifier; await them on shutdown.
+pub struct VerifierTasks {
+    pub audit: tokio::task::JoinHandle<()>,
+    pub watcher: tokio::task::JoinHandle<()>,
+}
+
+/// The request id echoed for an invalid item: only printable ASCII, bounded,
+/// so a hostile id cannot smuggle anything into logs or responses.
+fn echo_request_id(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+impl Verifier {
+    /// Checks the hash key against the store, then starts the audit writer
+    /// and the mirror watcher.
+    pub async fn start(
+        hasher: KeyedHasher,
+        store: Store,
+        cfg: VerifierConfig,
+    ) -> Result<(Self, VerifierTasks), StoreError> {
+        store
+            .check_key(hasher.key_id(), &hasher.fingerprint())
+            .await?;
+        let version = store.mirror_version().await?;
+        let (audit, audit_task) =
+            AuditWriter::spawn(store.clone(), cfg.audit_max_batch, cfg.audit_queue);
+        let inner = Arc::new(Inner {
+            hasher,
+            store,
+            cache: MirrorCache::new(cfg.cache),
+            audit,
+            mirror_version: AtomicI64::new(version),
+        });
+        // The watcher holds only a weak reference, so dropping the last
+        // Verifier stops it and lets the audit writer drain.
+        let watcher = tokio::spawn(watch_mirror(Arc::downgrade(&inner), cfg.watch_interval));
+        Ok((
+            Self { inner },
+            VerifierTasks {
+                audit: audit_task,
+                watcher,
+            },
+        ))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn mirror_version(&self) -> i64 {
+        self.inner.mirror_version.load(Ordering::Relaxed)
+    }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Verifies one request. Invalid input is an error, not an answer.
+    #[tracing::instrument(name = "verify", skip_all, fields(caller = %caller))]
+    pub async fn verify(
+        &self,
+        caller: &str,
+        item: Item<'_>,
+        started: Instant,
+    ) -> Result<Answer, VerifyError> {
+        let input =
+            VerifyInput::parse(&item.raw, clock::today_vn()).map_err(VerifyError::Invalid)?;
+        let probe = input.into_probe(&self.inner.hasher);
+        let cached = match self.inner.cache.get(&probe.lookup_key) {
+            Some(hit) => hit,
+            None => {
+                let rec = self
+                    .inner
+                    .store
+                    .get_record(&probe.lookup_key)
+                    .await?
+                    .map(Arc::new);
+                self.inner.cache.insert(probe.lookup_key, rec.clone());
+                rec
+            }
+        };
+        let verdict = decide(&probe, cached.as_deref());
+        let record = self.audit_record(
+            caller,
+            None,
+            &item,
+            Some((&probe.lookup_key, &probe.msisdn_hash)),
+            verdict,
+            started,
+        );
+        let answer = answer_of(&record, Vec::new());
+        self.inner.audit.append(vec![record]).await?;
+        Ok(answer)
+    }
+
+    /// Verifies a batch, answering every item in order. Invalid items get an
+    /// INVALID answer (audited like any other); store or audit failures fail
+    /// the whole batch, since no answer may leave without its audit record.
+    #[tracing::instrument(name = "verify_batch", skip_all, fields(caller = %caller, items = items.len()))]
+    pub async fn verify_batch(
+        &self,
+        caller: &str,
+        job_id: Option<&str>,
+        items: &[Item<'_>],
+        started: Instant,
+    ) -> Result<Vec<Answer>, VerifyError> {
+        let today: CivilDate = clock::today_vn();
+        let parsed: Vec<Result<_, Vec<Violation>>> = items
+            .iter()
+            .map(|it| VerifyInput::parse(&it.raw, today).map(|i| i.into_probe(&self.inner.hasher)))
+            .collect();
+
+        // Cache first, then one store query for every distinct miss.
+        let mut found: HashMap<LookupKey, CachedRecord> = HashMap::new();
+        let mut misses: Vec<LookupKey> = Vec::new();
+        for p in parsed.iter().flatten() {
+            if found.contains_key(&p.lookup_key) {
+                continue;
+            }
+            match self.inner.cache.get(&p.lookup_key) {
+                Some(hit) => {
+                    found.insert(p.lookup_key, hit);
+                }
+                None => {
+                    found.insert(p.lookup_key, None);
+                    misses.push(p.lookup_key);
+                }
+            }
+        }
+        if !misses.is_empty() {
+            for (k, rec) in self.inner.store.get_records(&misses).await? {
+                found.insert(k, Some(Arc::new(rec)));
+            }
+            for k in &misses {
+                self.inner.cache.insert(*k, found[k].clone());
+            }
+        }
+
+        let mut records = Vec::with_capacity(items.len());
+        let mut answers = Vec::with_capacity(items.len());
+        for (item, p) in items.iter().zip(parsed) {
+            let (record, violations) = match p {
+                Ok(probe) => {
+                    let verdict = decide(&probe, found[&probe.lookup_key].as_deref());
+                    let keys = Some((&probe.lookup_key, &probe.msisdn_hash));
+                    (
+                        self.audit_record(caller, job_id, item, keys, verdict, started),
+                        Vec::new(),
+                    )
+                }
+                Err(v) => (
+                    self.audit_record(caller, job_id, item, None, Verdict::invalid(), started),
+                    v,
+                ),
+            };
+            answers.push(answer_of(&record, violations));
+            records.push(record);
+        }
+        self.inner.audit.append(records).await?;
+        Ok(answers)
+    }
+
+    fn audit_record(
+        &self,
+        caller: &str,
+        job_id: Option<&str>,
+        item: &Item<'_>,
+        keys: Option<(&LookupKey, &crate::domain::MsisdnHash)>,
+        verdict: Verdict,
+        started: Instant,
+    ) -> AuditRecord {
+        let valid = keys.is_some();
+        AuditRecord {
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            recorded_at: clock::now_micros(),
+            caller: caller.to_owned(),
+            request_id: if valid {
+                item.raw.request_id.to_owned()
+            } else {
+                echo_request_id(item.raw.request_id)
+            },
+            job_id: job_id.map(str::to_owned),
+            purpose: item.purpose,
+            consent_ref: if valid {
+                item.raw.consent_ref.map(str::to_owned)
+            } else {
+                None
+            },
+            lookup_key: keys.map(|k| *k.0),
+            msisdn_hash: keys.map(|k| *k.1),
+            key_id: self.inner.hasher.key_id(),
+            verdict,
+            mirror_version: self.mirror_version(),
+            latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+fn answer_of(r: &AuditRecord, violations: Vec<Violation>) -> Answer {
+    Answer {
+        request_id: r.request_id.clone(),
+        verdict: r.verdict,
+        violations,
+        audit_id: r.audit_id.clone(),
+        mirror_version: r.mirror_version,
+    }
+}
+
+/// Follows imports made by any process: when the mirror version moves, drop
+/// the cached entries of every key that changed (or the whole cache after a
+/// large import).
+async fn watch_mirror(inner: std::sync::Weak<Inner>, every: Duration) {
+    const MAX_TARGETED: usize = 100_000;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let known = inner.mirror_version.load(Ordering::Relaxed);
+        let latest = match inner.store.mirror_version().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "mirror version check failed");
+                continue;
+            }
+        };
+        if latest == known {
+            continue;
+        }
+        match inner.store.changed_since(known, MAX_TARGETED).await {
+            Ok(Some(keys)) => {
+                for k in &keys {
+                    inner.cache.invalidate(k);
+                }
+                tracing::info!(
+                    from = known,
+                    to = latest,
+                    invalidated = keys.len(),
+                    "mirror updated"
+                );
+            }
+            Ok(None) => {
+                inner.cache.invalidate_all();
+                tracing::info!(from = known, to = latest, "mirror updated; cache cleared");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading mirror changes failed");
+                continue;
+            }
+        }
+        inner.mirror_version.store(latest, Ordering::Relaxed);
+    }
+}
