@@ -1,1 +1,120 @@
-fn main() {}
+//! Micro-benchmarks of the pure domain: parsing, normalisation, keyed
+//! hashing and matching, on synthetic but realistic inputs from `gen`.
+//!
+//! Run: `cargo bench --bench domain`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use simverify::domain::{
+    CivilDate, FullName, Identity, KeyedHasher, MirrorRecord, RawRequest, Sex, VerifyInput, decide,
+};
+use simverify::r#gen::{PopulationConfig, SubscriberConfig, write_population, write_subscribers};
+
+const TODAY: CivilDate = CivilDate {
+    year: 2026,
+    month: 1,
+    day: 1,
+};
+
+struct Row {
+    msisdn: String,
+    id: String,
+    name: String,
+    dob: String,
+    sex: Option<Sex>,
+}
+
+fn inputs(
+    n: u64,
+) -> (
+    KeyedHasher,
+    Vec<Row>,
+    std::collections::HashMap<[u8; 32], MirrorRecord>,
+) {
+    let hasher = KeyedHasher::new(&[42u8; 32], 1).unwrap();
+    let mut pop = Vec::new();
+    write_population(&PopulationConfig::new(n, 7, TODAY), &mut pop).unwrap();
+    let mut subs = Vec::new();
+    write_subscribers(&pop[..], &SubscriberConfig::new(7, TODAY), &mut subs).unwrap();
+    let mut mirror = std::collections::HashMap::new();
+    for r in csv::Reader::from_reader(&pop[..]).records() {
+        let r = r.unwrap();
+        if let Ok(p) = Identity::parse(&r[0], &r[1], &r[2], &r[3], &r[4], TODAY) {
+            let (k, rec) = p.to_record(&hasher, 1);
+            mirror.insert(k.0, rec);
+        }
+    }
+    let rows = csv::Reader::from_reader(&subs[..])
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            Row {
+                msisdn: r[0].to_owned(),
+                id: r[1].to_owned(),
+                name: r[2].to_owned(),
+                dob: r[3].to_owned(),
+                sex: Sex::parse(&r[4]),
+            }
+        })
+        .collect();
+    (hasher, rows, mirror)
+}
+
+fn raw(r: &Row) -> RawRequest<'_> {
+    RawRequest {
+        request_id: "bench-1",
+        msisdn: &r.msisdn,
+        id_number: &r.id,
+        full_name: &r.name,
+        date_of_birth: &r.dob,
+        sex: r.sex,
+        consent_ref: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (hasher, rows, mirror) = inputs(10_000);
+    let mut g = c.benchmark_group("domain");
+    g.throughput(Throughput::Elements(rows.len() as u64));
+
+    g.bench_function("name_normalise", |b| {
+        b.iter(|| {
+            for r in &rows {
+                black_box(FullName::parse(black_box(&r.name)).ok());
+            }
+        })
+    });
+    g.bench_function("parse_request", |b| {
+        b.iter(|| {
+            for r in &rows {
+                black_box(VerifyInput::parse(&raw(r), TODAY).ok());
+            }
+        })
+    });
+    let parsed: Vec<VerifyInput> = rows
+        .iter()
+        .filter_map(|r| VerifyInput::parse(&raw(r), TODAY).ok())
+        .collect();
+    g.bench_function("keyed_hash_probe", |b| {
+        b.iter(|| {
+            for p in &parsed {
+                black_box(p.clone().into_probe(&hasher).lookup_key);
+            }
+        })
+    });
+    g.bench_function("pipeline_parse_hash_match", |b| {
+        b.iter(|| {
+            for r in &rows {
+                if let Ok(input) = VerifyInput::parse(&raw(r), TODAY) {
+                    let probe = input.into_probe(&hasher);
+                    black_box(decide(&probe, mirror.get(&probe.lookup_key.0)));
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

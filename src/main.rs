@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(simverify::cli::stderr_is_tty())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -416,7 +416,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn score_is_bounded(name in "[a-zA-Zđăâêôơư ]{1,40}") {
-            if let Ok(_) = FullName::parse(&name) {
+            if FullName::parse(&name).is_ok() {
                 let v = verify(Some(&khai()), ID, &name, "1990-05-17", None);
                 proptest::prop_assert!(v.name_score <= 100);
                 proptest::prop_assert_eq!(v.name_score == 100, v.name_tier == Some(NameTier::Exact));

@@ -188,14 +188,14 @@ impl VerifyInput {
                 .map_err(|e| bad.push(Violation::new(Field::DateOfBirth, e.code(), e)))
                 .ok()
         };
-        if let Some(c) = raw.consent_ref {
-            if !is_printable_token(c, MAX_CONSENT_REF_LEN) {
-                bad.push(Violation::new(
-                    Field::ConsentRef,
-                    "BAD_FORMAT",
-                    format_args!("must be 1–{MAX_CONSENT_REF_LEN} printable ASCII characters"),
-                ));
-            }
+        if let Some(c) = raw.consent_ref
+            && !is_printable_token(c, MAX_CONSENT_REF_LEN)
+        {
+            bad.push(Violation::new(
+                Field::ConsentRef,
+                "BAD_FORMAT",
+                format_args!("must be 1–{MAX_CONSENT_REF_LEN} printable ASCII characters"),
+            ));
         }
         match (msisdn, id) {
             (Some(msisdn), Some(id)) if bad.is_empty() => Ok(Self {

@@ -207,7 +207,7 @@ fn pack_tokens(r: &MirrorRecord) -> Vec<u8> {
 }
 
 fn unpack_tokens(b: &[u8]) -> Result<Vec<crate::domain::FieldHash>, StoreError> {
-    if b.len() % 16 != 0 {
+    if !b.len().is_multiple_of(16) {
         return Err(StoreError::Corrupt("token_hashes length"));
     }
     Ok(b.chunks_exact(16)

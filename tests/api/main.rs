@@ -1,1 +1,11 @@
-fn main() {}
+//! One integration-test binary: the real gateway on port 0, real gRPC
+//! clients over real sockets, and both storage backends (SQLite in a temp
+//! dir, PostgreSQL on 127.0.0.1:5432 with a fresh database per test).
+
+mod helpers;
+
+mod cli;
+mod privacy;
+mod store;
+mod stream;
+mod verify;

@@ -1,0 +1,256 @@
+//! The `simverify` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb};
+
+fn simverify(data_dir: &Path, db: &TestDb) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simverify"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SIMVERIFY_DATA_DIR", data_dir)
+        .env("SIMVERIFY_DATABASE_URL", &db.url)
+        .env("SIMVERIFY_LOG", "info");
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{o}\n{e}",
+        out.status
+    );
+    (o, e)
+}
+
+async fn import_reports_bad_rows_and_is_idempotent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let pop = db.dir.path().join("pop.csv");
+    run_ok(
+        simverify(&dir, &db)
+            .args([
+                "gen",
+                "population",
+                "--count",
+                "300",
+                "--seed",
+                "5",
+                "--output",
+            ])
+            .arg(&pop),
+    );
+    // Append bad rows of every kind after the good ones.
+    let mut text = std::fs::read_to_string(&pop).unwrap();
+    text.push_str("123456789,Nguyễn Văn A,1990-01-01,M,\n"); // line 302: CMND
+    text.push_str("001090123456,Nguyễn Văn 2,1990-01-01,M,\n"); // 303: digit in name
+    text.push_str("001090123456,Nguyễn Văn B,1990-02-30,M,\n"); // 304: impossible date
+    text.push_str("001090123456,Nguyễn Văn B,1990-01-01,F,\n"); // 305: sex vs ID digit
+    text.push_str("001090123456,Nguyễn Văn B,1990-01-01\n"); // 306: wrong field count
+    text.push_str("001090123456,Nguyễn Văn B,1990-01-01,M,retired\n"); // 307: bad status
+    std::fs::write(&pop, text).unwrap();
+    let rejects = db.dir.path().join("rejects.csv");
+    let (out, err) = run_ok(
+        simverify(&dir, &db)
+            .args(["mirror", "import", "--input"])
+            .arg(&pop)
+            .arg("--rejects")
+            .arg(&rejects),
+    );
+    assert!(
+        out.contains("306 rows read, 300 added or changed, 0 unchanged, 0 deleted, 6 rejected"),
+        "{out}"
+    );
+    for expected in [
+        "line 302: id_number: 9-digit CMND",
+        "line 303: full_name: contains a digit",
+        "line 304: date_of_birth: is not a real calendar date",
+        "line 305: sex: contradicts the ID number's sex digit",
+        "line 306: row: has 3 fields; the header has 5",
+        "line 307: status: must be active, deceased or deleted",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in\n{err}");
+    }
+    assert!(
+        !err.contains("123456789") && !err.contains("Nguyễn"),
+        "rejections echo values:\n{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap().lines().count(),
+        7
+    );
+
+    let (out, _) = run_ok(
+        simverify(&dir, &db)
+            .args(["mirror", "import", "--input"])
+            .arg(&pop),
+    );
+    assert!(out.contains("into mirror version 2"), "{out}");
+    assert!(out.contains("0 added or changed, 300 unchanged"), "{out}");
+    let (out, _) = run_ok(simverify(&dir, &db).args(["mirror", "status"]));
+    assert!(
+        out.contains("mirror_version  2") && out.contains("records         300"),
+        "{out}"
+    );
+}
+
+async fn a_file_without_required_columns_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let f = db.dir.path().join("bad.csv");
+    std::fs::write(&f, "id_number,full_name,sex\n001090123456,A,M\n").unwrap();
+    let out = simverify(&dir, &db)
+        .args(["mirror", "import", "--input"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lacks the column `date_of_birth`"), "{err}");
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+async fn serve_verify_and_stop(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let mut child = simverify(&dir, &db)
+        .args([
+            "serve",
+            "--demo",
+            "--demo-size",
+            "200",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut server = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited early").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1)
+            && line.contains("gateway ready")
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    let log =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+
+    // The demo population is deterministic; pick a living person from it.
+    let pop = std::fs::read_to_string(dir.join("demo-population.csv")).unwrap();
+    let person: Vec<&str> = pop
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|c| c[4].is_empty() && c[2].len() == 10)
+        .unwrap();
+    let server_url = format!("http://{addr}");
+    let (out, _) = run_ok(simverify(&dir, &db).args([
+        "verify",
+        "--server",
+        &server_url,
+        "--msisdn",
+        "0912345678",
+        "--id",
+        person[0],
+        "--name",
+        person[1],
+        "--dob",
+        person[2],
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "VERIFIED", "{out}");
+    assert_eq!(v["name_tier"], "EXACT");
+    let (out, _) = run_ok(simverify(&dir, &db).args([
+        "verify",
+        "--server",
+        &server_url,
+        "--msisdn",
+        "0912345678",
+        "--id",
+        person[0],
+        "--name",
+        "Không Phải Tên",
+        "--dob",
+        person[2],
+    ]));
+    assert!(out.starts_with("MISMATCH"), "{out}");
+    assert!(out.contains("full_name       MISMATCH"), "{out}");
+
+    let bad = simverify(&dir, &db)
+        .args([
+            "verify",
+            "--server",
+            &server_url,
+            "--msisdn",
+            "0912345678",
+            "--id",
+            "123456789",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("id_number: 9-digit CMND"));
+
+    // SIGTERM: graceful stop with exit 0.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log = log.join().unwrap();
+    assert!(log.contains("gateway stopped"), "{log}");
+    for secret in [person[0], person[1], person[2]] {
+        assert!(!log.contains(secret), "log holds {secret:?}:\n{log}");
+    }
+}
+
+async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let out = simverify(&dir, &db)
+        .args([
+            "verify",
+            "--server",
+            "http://127.0.0.1:9",
+            "--msisdn",
+            "0912345678",
+            "--id",
+            "001090123456",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `simverify serve` running?"));
+}
+
+both_backends!(
+    import_reports_bad_rows_and_is_idempotent,
+    a_file_without_required_columns_is_refused,
+    serve_verify_and_stop,
+    unreachable_gateway_is_a_clear_error,
+);

@@ -1,0 +1,241 @@
+//! Test harness: databases, a population with known people, and a gateway
+//! spawned in-process on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use simverify::domain::KeyedHasher;
+use simverify::grpc::{Application, ServerConfig};
+use simverify::mirror::import_csv;
+use simverify::proto::verification_client::VerificationClient;
+use simverify::store::Store;
+use simverify::verifier::{Verifier, VerifierConfig};
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed `async fn name(backend: Backend)` once per backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh, empty database; dropped when the value is.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("simverify.db").display());
+                Self {
+                    url,
+                    backend,
+                    dir,
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("simverify_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README)");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+                Self {
+                    url,
+                    backend,
+                    dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// The SQLite file (and its WAL), for byte-level searches.
+    pub fn sqlite_files(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("simverify.db"))
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop runs outside any runtime guarantee: use a private one.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn test_hasher() -> KeyedHasher {
+    KeyedHasher::new(b"simverify-test-key-0123456789abcdef", 1).unwrap()
+}
+
+/// Known people. IDs encode sex and birth year consistently.
+pub const POPULATION: &str = "\
+id_number,full_name,date_of_birth,sex,status
+001190012345,Nguyễn Thị Minh Khai,1990-05-17,F,
+079085001234,Trần Văn Hoà,1985-03-02,M,
+048199000777,Đặng Thị Thuỷ,1999-12-31,F,active
+001075000001,Lê Văn Tám,1975,M,
+036060123456,Phạm Văn Đồng,1960-01-01,M,deceased
+001301000042,Hoàng Thị Lan,2001-07-04,F,
+";
+
+/// Every plaintext value of [`POPULATION`] a privacy check searches for.
+pub fn population_secrets() -> Vec<String> {
+    let mut out = Vec::new();
+    for line in POPULATION.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        out.push(cols[0].to_owned());
+        out.push(cols[1].to_owned());
+        out.push(cols[1].to_lowercase());
+        out.push(cols[2].to_owned());
+    }
+    out
+}
+
+pub async fn import(store: &Store, csv: &str) -> simverify::mirror::ImportReport {
+    let bytes = csv.as_bytes().to_vec();
+    import_csv(
+        store,
+        &test_hasher(),
+        std::io::Cursor::new(bytes),
+        "test",
+        |_| {},
+    )
+    .await
+    .expect("import")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), simverify::grpc::ServeError>>>,
+}
+
+impl TestApp {
+    pub async fn client(&self) -> VerificationClient<Channel> {
+        VerificationClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: waits until the server and the audit writer are done,
+    /// closes the store, and hands back the database for inspection.
+    pub async fn stop(mut self) -> TestDb {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+        self.store.close().await;
+        self.db
+    }
+}
+
+pub struct AppOptions {
+    pub max_batch_items: usize,
+    pub watch_interval: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_items: 100,
+            watch_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.expect("connect store");
+    import(&store, POPULATION).await;
+    let cfg = VerifierConfig {
+        watch_interval: opts.watch_interval,
+        ..VerifierConfig::default()
+    };
+    let (verifier, tasks) = Verifier::start(test_hasher(), store.clone(), cfg)
+        .await
+        .unwrap();
+    let server = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_batch_items: opts.max_batch_items,
+        ..ServerConfig::default()
+    };
+    let app = Application::build(server, verifier, tasks).await.unwrap();
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        store,
+        db,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}

@@ -1,0 +1,185 @@
+//! Store conformance: the same behaviour from SQLite and PostgreSQL.
+
+use simverify::domain::{
+    AuditRecord, CivilDate, Decision, Identity, LookupKey, MirrorRecord, Purpose, Reason, Verdict,
+};
+use simverify::store::{ImportStats, Store, StoreError};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb, test_hasher};
+
+const TODAY: CivilDate = CivilDate {
+    year: 2026,
+    month: 11,
+    day: 22,
+};
+
+fn person(id: &str, name: &str, version: i64) -> (LookupKey, MirrorRecord) {
+    Identity::parse(id, name, "1990-05-17", "F", "", TODAY)
+        .unwrap()
+        .to_record(&test_hasher(), version)
+}
+
+async fn open(backend: Backend) -> (TestDb, Store) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    (db, store)
+}
+
+async fn upsert_is_idempotent_and_counts_changes(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let v = store.begin_import("a").await.unwrap();
+    let a = person("001190012345", "Nguyễn Thị An", v);
+    let b = person("001190012346", "Trần Thị Bình", v);
+    assert_eq!(
+        store
+            .upsert_records(&[a.clone(), b.clone()], 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .upsert_records(&[a.clone(), b.clone()], 2)
+            .await
+            .unwrap(),
+        0
+    );
+    let renamed = person("001190012345", "Nguyễn Thị Anh", v);
+    // Duplicate keys in one batch: the last one wins.
+    assert_eq!(
+        store
+            .upsert_records(&[a.clone(), renamed.clone()], 3)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.get_record(&a.0).await.unwrap(), Some(renamed.1));
+    assert_eq!(store.record_count().await.unwrap(), 2);
+}
+
+async fn get_records_returns_only_existing(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let rows: Vec<_> = (0..1500)
+        .map(|i| person(&format!("001190{i:06}"), "Lê Văn Tư", 1))
+        .collect();
+    store.upsert_records(&rows, 1).await.unwrap();
+    let mut keys: Vec<LookupKey> = rows.iter().step_by(2).map(|r| r.0).collect();
+    keys.push(person("001190999999", "X", 1).0);
+    let mut got = store.get_records(&keys).await.unwrap();
+    assert_eq!(got.len(), 750);
+    got.sort_by_key(|r| r.0);
+    let mut want: Vec<_> = rows.iter().step_by(2).cloned().collect();
+    want.sort_by_key(|r| r.0);
+    assert_eq!(got, want);
+    assert!(store.get_records(&[]).await.unwrap().is_empty());
+}
+
+async fn versions_and_changes(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    assert_eq!(store.mirror_version().await.unwrap(), 0);
+    let v1 = store.begin_import("one").await.unwrap();
+    let a = person("001190012345", "Nguyễn Thị An", v1);
+    let b = person("001190012346", "Trần Thị Bình", v1);
+    store
+        .upsert_records(&[a.clone(), b.clone()], 1)
+        .await
+        .unwrap();
+    // Unfinished imports are not the mirror version yet.
+    assert_eq!(store.mirror_version().await.unwrap(), 0);
+    store
+        .finish_import(
+            v1,
+            ImportStats {
+                upserted: 2,
+                ..Default::default()
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.mirror_version().await.unwrap(), v1);
+
+    let v2 = store.begin_import("two").await.unwrap();
+    assert_eq!(v2, v1 + 1);
+    store
+        .upsert_records(&[person("001190012346", "Trần Thị Bình", v2)], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_records(&[a.0, person("001190000000", "X", v2).0], v2)
+            .await
+            .unwrap(),
+        1
+    );
+    store
+        .finish_import(v2, ImportStats::default(), 4)
+        .await
+        .unwrap();
+    // b was identical, so only the deletion of a changed anything.
+    assert_eq!(store.changed_since(v1, 10).await.unwrap(), Some(vec![a.0]));
+    let mut all = store.changed_since(0, 10).await.unwrap().unwrap();
+    all.sort();
+    let mut want = vec![a.0, b.0];
+    want.sort();
+    assert_eq!(all, want);
+    assert_eq!(store.changed_since(0, 1).await.unwrap(), None);
+}
+
+async fn audit_round_trips(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let h = test_hasher();
+    let mut verdict = Verdict::invalid();
+    verdict.decision = Decision::Mismatch;
+    verdict.reasons.insert(Reason::SexMismatch);
+    let records: Vec<AuditRecord> = (0..2500)
+        .map(|i| AuditRecord {
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            recorded_at: 1_700_000_000_000_000 + i,
+            caller: "carrier-a".into(),
+            request_id: format!("r{i}"),
+            job_id: (i % 2 == 0).then(|| "job".to_owned()),
+            purpose: Purpose::Cleanup,
+            consent_ref: None,
+            lookup_key: (i % 3 != 0).then(|| person("001190012345", "A", 1).0),
+            msisdn_hash: Some(h.msisdn(&simverify::domain::Msisdn::parse("0912345678").unwrap())),
+            key_id: 1,
+            verdict,
+            mirror_version: 7,
+            latency_us: 42,
+        })
+        .collect();
+    store.append_audit(&records).await.unwrap();
+    assert_eq!(store.audit_count().await.unwrap(), 2500);
+    for r in [&records[0], &records[1], &records[2499]] {
+        assert_eq!(
+            store.audit_by_id(&r.audit_id).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+    assert_eq!(store.audit_by_id("nope").await.unwrap(), None);
+    // audit_id is unique: a replayed batch is refused whole.
+    assert!(store.append_audit(&records[..2]).await.is_err());
+    assert_eq!(store.audit_count().await.unwrap(), 2500);
+}
+
+async fn a_different_key_is_refused(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let h = test_hasher();
+    store.check_key(1, &h.fingerprint()).await.unwrap();
+    store.check_key(1, &h.fingerprint()).await.unwrap();
+    let other = simverify::domain::KeyedHasher::new(&[9u8; 32], 1).unwrap();
+    assert!(matches!(
+        store.check_key(1, &other.fingerprint()).await,
+        Err(StoreError::KeyMismatch { key_id: 1 })
+    ));
+}
+
+both_backends!(
+    upsert_is_idempotent_and_counts_changes,
+    get_records_returns_only_existing,
+    versions_and_changes,
+    audit_round_trips,
+    a_different_key_is_refused,
+);
