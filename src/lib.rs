@@ -16,3 +16,5 @@ pub mod mirror;
 pub mod proto;
 pub mod store;
 pub mod verifier;
+pub mod config;
+pub mod pki;

@@ -24,6 +24,17 @@ pub enum VerifyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The caller's deadline passed before the answer was ready; nothing
+    /// was audited as answered.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+}
+
+fn check_deadline(deadline: Option<Instant>) -> Result<(), VerifyError> {
+    match deadline {
+        Some(d) if Instant::now() >= d => Err(VerifyError::DeadlineExceeded),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +158,7 @@ impl Verifier {
         caller: &str,
         item: Item<'_>,
         started: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Answer, VerifyError> {
         let input =
             VerifyInput::parse(&item.raw, clock::today_vn()).map_err(VerifyError::Invalid)?;
@@ -174,6 +186,7 @@ impl Verifier {
             started,
         );
         let answer = answer_of(&record, Vec::new());
+        check_deadline(deadline)?;
         self.inner.audit.append(vec![record]).await?;
         Ok(answer)
     }
@@ -188,6 +201,7 @@ impl Verifier {
         job_id: Option<&str>,
         items: &[Item<'_>],
         started: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Vec<Answer>, VerifyError> {
         let today: CivilDate = clock::today_vn();
         let parsed: Vec<Result<_, Vec<Violation>>> = items
@@ -241,6 +255,7 @@ impl Verifier {
             answers.push(answer_of(&record, violations));
             records.push(record);
         }
+        check_deadline(deadline)?;
         self.inner.audit.append(records).await?;
         Ok(answers)
     }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{CliError, Common, stderr_is_tty};
+use super::{CliError, hasher, open_store, stderr_is_tty};
+use crate::config::Config;
 use crate::mirror::{ImportError, import_csv};
 
 #[derive(Debug, Subcommand)]
@@ -30,26 +31,26 @@ pub enum MirrorCommand {
 /// Rejected rows printed to the terminal; the rest go to `--rejects`.
 const PRINTED_REJECTS: usize = 50;
 
-pub async fn run(common: &Common, cmd: MirrorCommand) -> Result<(), CliError> {
+pub async fn run(cfg: &Config, cmd: MirrorCommand) -> Result<(), CliError> {
     match cmd {
         MirrorCommand::Status => {
-            let store = common.open_store().await?;
+            let store = open_store(cfg).await?;
             println!("backend         {}", store.backend());
             println!("mirror_version  {}", store.mirror_version().await?);
             println!("records         {}", store.record_count().await?);
             println!("audit_records   {}", store.audit_count().await?);
             Ok(())
         }
-        MirrorCommand::Import { input, rejects } => import(common, input, rejects).await,
+        MirrorCommand::Import { input, rejects } => import(cfg, input, rejects).await,
     }
 }
 
-async fn import(common: &Common, input: PathBuf, rejects: Option<PathBuf>) -> Result<(), CliError> {
+async fn import(cfg: &Config, input: PathBuf, rejects: Option<PathBuf>) -> Result<(), CliError> {
     let file = std::fs::File::open(&input)
         .map_err(|e| CliError::Usage(format!("input: cannot open {}: {e}", input.display())))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let hasher = common.hasher()?;
-    let store = common.open_store().await?;
+    let hasher = hasher(cfg)?;
+    let store = open_store(cfg).await?;
 
     let bar = if stderr_is_tty() {
         let b = indicatif::ProgressBar::new_spinner();

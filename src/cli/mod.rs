@@ -1,16 +1,20 @@
 //! The `simverify` command line. Each subcommand validates its arguments into
 //! typed values before doing any work; `main` maps [`CliError`] to exit codes.
 
+mod client;
 mod r#gen;
 mod mirror;
+mod pki;
 mod serve;
 mod verify;
 
 use std::path::{Path, PathBuf};
 
+
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretBox};
 
+use crate::config::Config;
 use crate::domain::KeyedHasher;
 use crate::store::{Store, StoreError};
 
@@ -50,7 +54,9 @@ impl CliError {
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::KeyMismatch { .. } | StoreError::BadUrl => Self::Usage(e.to_string()),
+            StoreError::KeyMismatch { .. } | StoreError::BadUrl => {
+                Self::Usage(format!("configuration: {e}"))
+            }
             StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => {
                 Self::Unavailable(format!("cannot reach the database: {e}"))
             }
@@ -62,9 +68,10 @@ impl From<StoreError> for CliError {
 /// simverify — verify mobile subscribers against a keyed-hash mirror of the
 /// National Population Database.
 ///
-/// Quick start: `simverify serve --demo` starts a gateway on 127.0.0.1:50051
-/// with a synthetic demo population in ./simverify-data; `simverify verify
-/// --help` shows how to query it.
+/// Quick start: `simverify serve --demo` starts a gateway on localhost:50051
+/// over mutual TLS, with development certificates and a synthetic demo
+/// population in ./simverify-data; `simverify verify --help` shows how to
+/// query it.
 #[derive(Debug, Parser)]
 #[command(name = "simverify", version, max_term_width = 100)]
 pub struct Cli {
@@ -74,41 +81,29 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options shared by every command that touches the store or the hash key.
+/// Options shared by every command. Configuration comes from the `--config`
+/// file, then `SIMVERIFY__SECTION__KEY` environment variables (for example
+/// `SIMVERIFY__SERVER__LISTEN=127.0.0.1:6000`), then these flags.
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    /// Directory for the embedded database and the generated hash key.
-    #[arg(
-        long,
-        global = true,
-        env = "SIMVERIFY_DATA_DIR",
-        default_value = "simverify-data"
-    )]
-    pub data_dir: PathBuf,
-    /// Database: `sqlite://PATH` or `postgres://USER@HOST/DB`. Defaults to
-    /// DATA_DIR/simverify.db (SQLite, created on first use).
-    #[arg(
-        long,
-        global = true,
-        env = "SIMVERIFY_DATABASE_URL",
-        hide_env_values = true
-    )]
+    /// Configuration file (TOML). `simverify pki init` writes a starting one.
+    #[arg(long, global = true, env = "SIMVERIFY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded database, the generated hash key and the
+    /// development PKI [default: simverify-data].
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database: `sqlite://PATH` or `postgres://USER@HOST/DB`
+    /// [default: DATA_DIR/simverify.db].
+    #[arg(long, global = true)]
     pub database_url: Option<String>,
-    /// File holding the secret HMAC key (hex, at least 32 bytes). Defaults to
-    /// DATA_DIR/hash.key, created with a random key when missing.
-    #[arg(long, global = true, env = "SIMVERIFY_HASH_KEY_FILE")]
+    /// File holding the secret HMAC key in hex, at least 32 bytes
+    /// [default: DATA_DIR/hash.key, created with a random key when missing].
+    #[arg(long, global = true)]
     pub hash_key_file: Option<PathBuf>,
-    /// Id recorded with every hash, so the key can be rotated later.
-    #[arg(
-        long,
-        global = true,
-        env = "SIMVERIFY_HASH_KEY_ID",
-        default_value_t = 1
-    )]
-    pub hash_key_id: u16,
-    /// Log filter, e.g. `info` or `simverify=debug`.
-    #[arg(long, global = true, env = "SIMVERIFY_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `simverify=debug` [default: info].
+    #[arg(long, global = true)]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,64 +118,115 @@ pub enum Command {
     /// Generate synthetic data for demos, tests and benchmarks.
     #[command(subcommand)]
     Gen(r#gen::GenCommand),
+    /// Development certificates for mutual TLS.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Check a configuration without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration (file, environment, flags); print
+    /// a summary without secrets. Exits 64 on the first problem.
+    Check,
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let cfg = cli.common.load()?;
     match cli.command {
-        Command::Serve(a) => serve::run(&cli.common, a).await,
-        Command::Verify(a) => verify::run(a).await,
-        Command::Mirror(c) => mirror::run(&cli.common, c).await,
+        Command::Serve(a) => serve::run(cfg, a).await,
+        Command::Verify(a) => verify::run(&cfg, a).await,
+        Command::Mirror(c) => mirror::run(&cfg, c).await,
         Command::Gen(c) => r#gen::run(c),
+        Command::Pki(c) => pki::run(&cfg, c),
+        Command::Config(ConfigCommand::Check) => config_check(&cfg),
     }
 }
 
+fn config_check(cfg: &Config) -> Result<(), CliError> {
+    println!("configuration is valid");
+    println!("  data_dir         {}", cfg.data_dir.display());
+    println!("  database         {}", cfg.redacted_database_url());
+    println!("  listen           {}", cfg.server.listen);
+    let tls = match (&cfg.tls, cfg.server.insecure_plaintext) {
+        (_, true) => "plaintext (loopback only)".to_owned(),
+        (Some(t), false) => format!("mutual TLS (cert {})", t.cert.display()),
+        (None, false) => "mutual TLS, certificates not configured".to_owned(),
+    };
+    println!("  transport        {tls}");
+    println!("  principals       {}", cfg.principals.len());
+    Ok(())
+}
+
 impl Common {
-    pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("simverify.db").display()))
-    }
-
-    pub async fn open_store(&self) -> Result<Store, CliError> {
-        Ok(Store::connect(&self.database_url()).await?)
-    }
-
-    /// Loads the hash key; creates a random one only at the default path,
-    /// so a mistyped explicit path is an error rather than a silent new key.
-    pub fn hasher(&self) -> Result<KeyedHasher, CliError> {
-        let (path, explicit) = match &self.hash_key_file {
-            Some(p) => (p.clone(), true),
-            None => (self.data_dir.join("hash.key"), false),
-        };
-        if !path.exists() {
-            if explicit {
-                return Err(CliError::Usage(format!(
-                    "hash_key_file: {} does not exist",
-                    path.display()
-                )));
-            }
-            create_key_file(&path)?;
-            tracing::warn!(
-                path = %path.display(),
-                "created a new hash key; back it up: without it the mirror cannot be matched"
-            );
+    /// The effective configuration: file, then environment, then flags;
+    /// validated.
+    pub fn load(&self) -> Result<Config, CliError> {
+        let mut cfg = Config::load(self.config.as_deref(), std::env::vars())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
         }
-        let key = read_key_file(&path)?;
-        KeyedHasher::new(key.expose_secret(), self.hash_key_id)
-            .map_err(|e| CliError::Usage(format!("hash_key_file: {e}")))
+        if let Some(u) = &self.database_url {
+            cfg.database_url = Some(u.clone());
+        }
+        if let Some(k) = &self.hash_key_file {
+            cfg.hash_key_file = Some(k.clone());
+        }
+        cfg.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(cfg)
     }
+
+    /// The log filter before any configuration is read.
+    pub fn log_filter(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var(format!("{}LOG", crate::config::ENV_PREFIX)).ok())
+            .unwrap_or_else(|| "info".to_owned())
+    }
+}
+
+pub async fn open_store(cfg: &Config) -> Result<Store, CliError> {
+    Ok(Store::connect(&cfg.database_url()).await?)
+}
+
+/// Loads the hash key; creates a random one only at the default path, so a
+/// mistyped explicit path is an error rather than a silent new key.
+pub fn hasher(cfg: &Config) -> Result<KeyedHasher, CliError> {
+    let (path, explicit) = match &cfg.hash_key_file {
+        Some(p) => (p.clone(), true),
+        None => (cfg.data_dir.join("hash.key"), false),
+    };
+    if !path.exists() {
+        if explicit {
+            return Err(CliError::Usage(format!(
+                "configuration: hash_key_file: {} does not exist",
+                path.display()
+            )));
+        }
+        create_key_file(&path)?;
+        tracing::warn!(
+            path = %path.display(),
+            "created a new hash key; back it up: without it the mirror cannot be matched"
+        );
+    }
+    let key = read_key_file(&path)?;
+    KeyedHasher::new(key.expose_secret(), cfg.hash_key_id)
+        .map_err(|e| CliError::Usage(format!("configuration: hash_key_file: {e}")))
 }
 
 fn read_key_file(path: &Path) -> Result<SecretBox<Vec<u8>>, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::Usage(format!(
-            "hash_key_file: cannot read {}: {e}",
+            "configuration: hash_key_file: cannot read {}: {e}",
             path.display()
         ))
     })?;
     let bytes = hex::decode(text.trim()).map_err(|_| {
         CliError::Usage(format!(
-            "hash_key_file: {} must hold the key in hex",
+            "configuration: hash_key_file: {} must hold the key in hex",
             path.display()
         ))
     })?;

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use clap::Args;
 
-use super::{CliError, Common};
+use super::CliError;
+use crate::clock;
+use crate::config::Config;
+use crate::pki::DevPki;
 use crate::cache::CacheConfig;
 use crate::domain::CivilDate;
 use crate::r#gen::{PopulationConfig, SubscriberConfig, write_population, write_subscribers};
@@ -24,59 +27,66 @@ pub const DEMO_SEED: u64 = 2026;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Plaintext, so loopback addresses only.
-    #[arg(long, env = "SIMVERIFY_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    /// When the mirror is empty, fill it with a synthetic demo population
-    /// (also written to DATA_DIR/demo-population.csv, with a matching
-    /// DATA_DIR/demo-subscribers.csv).
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Serve without TLS; every caller is the development carrier. Only
+    /// allowed on a loopback address.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Demo mode: use (or create) development certificates in DATA_DIR/pki
+    /// when none are configured, and when the mirror is empty fill it with a
+    /// synthetic population (also written to DATA_DIR/demo-population.csv,
+    /// with a matching DATA_DIR/demo-subscribers.csv).
     #[arg(long)]
     pub demo: bool,
     /// People in the demo population.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub demo_size: u64,
-    /// Most requests per VerifyStream message.
-    #[arg(long, env = "SIMVERIFY_MAX_BATCH_ITEMS", default_value_t = 5000)]
-    pub max_batch_items: usize,
-    /// Most mirror records kept in the in-memory cache.
-    #[arg(long, env = "SIMVERIFY_CACHE_ENTRIES", default_value_t = 1_000_000)]
-    pub cache_entries: u64,
 }
 
-pub async fn run(common: &Common, args: ServeArgs) -> Result<(), CliError> {
-    if !args.listen.ip().is_loopback() {
-        return Err(CliError::Usage(
-            ServeError::NotLoopback(args.listen).to_string(),
-        ));
+pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
+    if let Some(l) = args.listen {
+        cfg.server.listen = l;
     }
-    let hasher = common.hasher()?;
-    let store = common.open_store().await?;
-    store
-        .check_key(hasher.key_id(), &hasher.fingerprint())
-        .await?;
+    cfg.server.insecure_plaintext |= args.insecure_plaintext;
+    if args.demo && !cfg.server.insecure_plaintext && cfg.tls.is_none() {
+        let pki = DevPki::at(&cfg.pki_dir());
+        if !pki.exists() {
+            crate::pki::init(&pki.dir, clock::today_vn(), false)
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            tracing::info!(dir = %pki.dir.display(), "created development certificates");
+        }
+        cfg.tls = Some(pki.tls.clone());
+        if cfg.principals.is_empty() {
+            cfg.principals = pki.principals.clone();
+        }
+    }
+    cfg.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    let server = ServerConfig::from_config(&cfg).map_err(|e| CliError::Usage(e.to_string()))?;
+
+    let hasher = super::hasher(&cfg)?;
+    let store = super::open_store(&cfg).await?;
+    store.check_key(hasher.key_id(), &hasher.fingerprint()).await?;
     if args.demo && store.record_count().await? == 0 {
-        seed_demo(common, &store, &hasher, args.demo_size).await?;
+        seed_demo(&cfg, &store, &hasher, args.demo_size).await?;
     }
-    let cfg = VerifierConfig {
-        cache: CacheConfig {
-            max_entries: args.cache_entries,
-            ..CacheConfig::default()
-        },
+    let vcfg = VerifierConfig {
+        cache: CacheConfig { max_entries: cfg.server.cache_entries, ..CacheConfig::default() },
         ..VerifierConfig::default()
     };
-    let (verifier, tasks) = Verifier::start(hasher, store.clone(), cfg).await?;
-    let server = ServerConfig {
-        listen: args.listen,
-        max_batch_items: args.max_batch_items,
-        ..ServerConfig::default()
-    };
-    let app = Application::build(server, verifier, tasks)
-        .await
-        .map_err(|e| CliError::Unavailable(e.to_string()))?;
-    tracing::warn!("serving plaintext gRPC: for local use only");
+    let (verifier, tasks) = Verifier::start(hasher, store.clone(), vcfg).await?;
+    let app = Application::build(server, verifier, tasks).await.map_err(|e| match e {
+        ServeError::Tls(_) | ServeError::NoTls | ServeError::NotLoopback(_) => CliError::Usage(e.to_string()),
+        e => CliError::Unavailable(e.to_string()),
+    })?;
+    if cfg.server.insecure_plaintext {
+        tracing::warn!("serving plaintext gRPC without client authentication: for local development only");
+    }
     tracing::info!(
         addr = %app.local_addr(),
         backend = store.backend(),
+        database = %cfg.redacted_database_url(),
         records = store.record_count().await?,
         mirror_version = store.mirror_version().await?,
         "simverify gateway ready"
@@ -89,12 +99,12 @@ pub async fn run(common: &Common, args: ServeArgs) -> Result<(), CliError> {
 }
 
 async fn seed_demo(
-    common: &Common,
+    cfg: &Config,
     store: &crate::store::Store,
     hasher: &crate::domain::KeyedHasher,
     size: u64,
 ) -> Result<(), CliError> {
-    let dir = &common.data_dir;
+    let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| CliError::Internal(e.to_string()))?;
     let population = dir.join("demo-population.csv");
     let subscribers = dir.join("demo-subscribers.csv");

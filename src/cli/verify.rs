@@ -5,6 +5,8 @@ use serde::Serialize;
 use tonic_types::StatusExt;
 
 use super::CliError;
+use super::client::ClientArgs;
+use crate::config::Config;
 use crate::grpc::convert;
 use crate::proto as pb;
 
@@ -24,13 +26,8 @@ pub enum PurposeArg {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Gateway address.
-    #[arg(
-        long,
-        env = "SIMVERIFY_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Subscriber phone number (0…, 84… or +84…).
     #[arg(long)]
     pub msisdn: String,
@@ -77,21 +74,8 @@ struct Printed<'a> {
     mirror_version: i64,
 }
 
-pub async fn connect(
-    server: &str,
-) -> Result<pb::verification_client::VerificationClient<tonic::transport::Channel>, CliError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|_| CliError::Usage(format!("server: `{server}` is not a valid URL")))?;
-    let channel = endpoint.connect().await.map_err(|e| {
-        CliError::Unavailable(format!(
-            "cannot reach the gateway at {server} ({e}); is `simverify serve` running?"
-        ))
-    })?;
-    Ok(pb::verification_client::VerificationClient::new(channel))
-}
-
-pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
-    let mut client = connect(&args.server).await?;
+pub async fn run(cfg: &Config, args: VerifyArgs) -> Result<(), CliError> {
+    let mut client = pb::verification_client::VerificationClient::new(args.client.connect(cfg).await?);
     let request = pb::VerifyRequest {
         request_id: args
             .request_id
@@ -183,6 +167,9 @@ fn status_error(status: &tonic::Status) -> CliError {
         }
         tonic::Code::Unavailable => {
             CliError::Unavailable(format!("gateway unavailable: {}", status.message()))
+        }
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            CliError::Usage(format!("refused ({:?}): {}", status.code(), status.message()))
         }
         code => CliError::Internal(format!("gateway error ({code:?}): {}", status.message())),
     }

@@ -1,44 +1,80 @@
-//! The gRPC edge: the Verification service, health, reflection, and the
-//! server's life cycle. **Architecture invariant:** tonic types stay in here
-//! (and in the CLI's client commands); errors become statuses only in
-//! [`status`].
+//! The gRPC edge: services, identity, admission control, TLS, health,
+//! reflection, and the server's life cycle. **Architecture invariant:** tonic
+//! types stay in here (and in the CLI's client commands); errors become
+//! statuses only in [`status`].
 
+pub mod auth;
 pub mod convert;
+pub mod limits;
 pub mod status;
+pub mod tls;
 mod verification;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
+use crate::config::{Config, Role};
 use crate::proto::verification_server::VerificationServer;
 use crate::store::Store;
 use crate::verifier::{Verifier, VerifierTasks};
-pub use verification::VerificationService;
+use auth::{Conn, PeerInfo, Principal, PrincipalMap};
+use limits::Limits;
+use tls::{ReloadableTls, TlsError};
+pub use verification::{VerificationService, deadline};
 
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// Most requests in one VerifyStream message.
-    pub max_batch_items: usize,
-    /// Largest decoded message, in bytes.
-    pub max_message_bytes: usize,
-    /// The principal recorded as caller. Until client certificates identify
-    /// carriers, every caller is this one development identity.
-    pub caller: String,
+/// How callers are identified.
+pub enum Security {
+    /// Mutual TLS: client certificates map to principals.
+    MutualTls { tls: crate::config::TlsSection, principals: PrincipalMap },
+    /// No TLS, loopback only: every caller is this principal.
+    Plaintext { principal: Principal },
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_batch_items: usize,
+    pub max_message_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace: Duration,
+    pub security: Security,
+}
+
+impl ServerConfig {
+    /// The server settings of a validated configuration.
+    pub fn from_config(cfg: &Config) -> Result<Self, ServeError> {
+        let security = if cfg.server.insecure_plaintext {
+            Security::Plaintext { principal: Principal::development(&cfg.limits) }
+        } else {
+            let tls = cfg.tls.clone().ok_or(ServeError::NoTls)?;
+            Security::MutualTls { tls, principals: PrincipalMap::from_config(cfg) }
+        };
+        Ok(Self {
+            listen: cfg.server.listen,
+            max_batch_items: cfg.server.max_batch_items,
+            max_message_bytes: cfg.server.max_message_bytes,
+            max_concurrent_requests: cfg.server.max_concurrent_requests,
+            shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+            security,
+        })
+    }
+
+    /// Plaintext on loopback with the development principal (tests, demos).
+    pub fn plaintext(listen: SocketAddr) -> Self {
+        let defaults = crate::config::LimitsSection::default();
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen,
             max_batch_items: 5000,
             max_message_bytes: 16 * 1024 * 1024,
-            caller: "dev-carrier".to_owned(),
+            max_concurrent_requests: 512,
+            shutdown_grace: Duration::from_secs(30),
+            security: Security::Plaintext { principal: Principal::development(&defaults) },
         }
     }
 }
@@ -49,21 +85,31 @@ pub enum ServeError {
         "refusing to serve plaintext on {0}: without TLS the gateway listens on a loopback address only"
     )]
     NotLoopback(SocketAddr),
+    #[error(
+        "tls: no certificates configured; set tls.cert, tls.key and tls.client_ca \
+         (`simverify pki init` makes development ones), or pass --insecure-plaintext on loopback"
+    )]
+    NoTls,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+enum Acceptor {
+    Tls { tls: Arc<ReloadableTls>, principals: Arc<PrincipalMap> },
+    Plain { principal: Principal },
+}
+
 /// A gateway whose listener is bound but not yet serving: `local_addr()`
 /// tells the port (useful with port 0), `run_until_stopped` serves.
 pub struct Application {
     listener: TcpListener,
+    acceptor: Acceptor,
     verifier: Verifier,
     tasks: VerifierTasks,
     cfg: ServerConfig,
@@ -75,47 +121,40 @@ impl Application {
         verifier: Verifier,
         tasks: VerifierTasks,
     ) -> Result<Self, ServeError> {
-        if !cfg.listen.ip().is_loopback() {
-            return Err(ServeError::NotLoopback(cfg.listen));
-        }
+        let acceptor = match &cfg.security {
+            Security::Plaintext { principal } => {
+                if !cfg.listen.ip().is_loopback() {
+                    return Err(ServeError::NotLoopback(cfg.listen));
+                }
+                Acceptor::Plain { principal: principal.clone() }
+            }
+            Security::MutualTls { tls, principals } => Acceptor::Tls {
+                tls: Arc::new(ReloadableTls::new(tls.clone())?),
+                principals: Arc::new(PrincipalMap::from_entries(principals)),
+            },
+        };
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        Ok(Self {
-            listener,
-            verifier,
-            tasks,
-            cfg,
-        })
+            .map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+        Ok(Self { listener, acceptor, verifier, tasks, cfg })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// calls finish, and waits for the audit writer to commit what it holds.
+    /// Serves until `shutdown` resolves; then stops accepting, gives
+    /// in-flight calls the grace period to finish, and waits for the audit
+    /// writer to commit what it holds.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let Self {
-            listener,
-            verifier,
-            tasks,
-            cfg,
-        } = self;
+        let Self { listener, acceptor, verifier, tasks, cfg } = self;
         let addr = listener.local_addr().ok();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<VerificationServer<VerificationService>>()
-            .await;
+        health.set_serving::<VerificationServer<VerificationService>>().await;
         let monitor = tokio::spawn(monitor_store(verifier.store().clone(), health));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -129,24 +168,61 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let service = VerificationServer::new(VerificationService::new(
+        let limits = Arc::new(Limits::new(cfg.max_concurrent_requests));
+        let verification = VerificationServer::new(VerificationService::new(
             verifier.clone(),
-            &cfg.caller,
+            limits.clone(),
             cfg.max_batch_items,
         ))
         .max_decoding_message_size(cfg.max_message_bytes);
+        let verification =
+            tonic::service::interceptor::InterceptedService::new(verification, auth::require(&[Role::Carrier]));
         drop(verifier);
 
-        tracing::info!(addr = ?addr, "serving gRPC (plaintext, loopback only)");
-        let result = Server::builder()
+        let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<Conn>>(128);
+        let mode = match &acceptor {
+            Acceptor::Tls { .. } => "mutual TLS",
+            Acceptor::Plain { .. } => "plaintext, loopback only",
+        };
+        let reloader = match &acceptor {
+            Acceptor::Tls { tls, .. } => Some(tokio::spawn(reload_on_sighup(tls.clone()))),
+            Acceptor::Plain { .. } => None,
+        };
+        let accept = tokio::spawn(accept_loop(listener, acceptor, conn_tx));
+        tracing::info!(addr = ?addr, mode, "serving gRPC");
+
+        let grace = cfg.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let serve = Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
+            .add_service(verification)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
+        let grace_over = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = serve => r,
+            () = grace_over => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; abandoning in-flight calls");
+                Ok(())
+            }
+        };
+        accept.abort();
         monitor.abort();
+        if let Some(r) = reloader {
+            r.abort();
+        }
         // The server (and with it every Verifier handle) is gone: the audit
         // writer commits what is queued and ends.
         if let Err(e) = tasks.audit.await {
@@ -158,26 +234,92 @@ impl Application {
     }
 }
 
+/// Accepts TCP connections; TLS handshakes run concurrently so a slow or
+/// hostile client cannot hold up others. Failed handshakes (no certificate,
+/// an unknown CA, an expired certificate) never reach the server.
+async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender<std::io::Result<Conn>>) {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    loop {
+        let (sock, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        match &acceptor {
+            Acceptor::Plain { principal } => {
+                let peer = PeerInfo { remote: Some(remote), principal: Some(principal.clone()) };
+                if tx.send(Ok(Conn::Plain(sock, peer))).await.is_err() {
+                    return;
+                }
+            }
+            Acceptor::Tls { tls, principals } => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let principals = principals.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "tls handshake rejected");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "tls handshake timed out");
+                            return;
+                        }
+                    };
+                    let names = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(tls::subject_names)
+                        .unwrap_or_default();
+                    let principal = principals.resolve(&names);
+                    if principal.is_none() {
+                        tracing::warn!(%remote, ?names, "client certificate is valid but not registered");
+                    }
+                    let peer = PeerInfo { remote: Some(remote), principal };
+                    let _ = tx.send(Ok(Conn::Tls(Box::new(stream), peer))).await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("tls certificates reloaded"),
+            Err(e) => tracing::error!(error = %e, "tls reload failed; keeping the previous certificates"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_tls: Arc<ReloadableTls>) {}
+
 /// Reports NOT_SERVING while the store does not answer.
 async fn monitor_store(store: Store, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let ok = tokio::time::timeout(Duration::from_secs(2), store.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(Duration::from_secs(2), store.ping()).await.is_ok_and(|r| r.is_ok());
         if ok != serving {
             serving = ok;
             if ok {
                 tracing::info!("store reachable again; serving");
-                health
-                    .set_serving::<VerificationServer<VerificationService>>()
-                    .await;
+                health.set_serving::<VerificationServer<VerificationService>>().await;
             } else {
                 tracing::warn!("store unreachable; reporting NOT_SERVING");
-                health
-                    .set_not_serving::<VerificationServer<VerificationService>>()
-                    .await;
+                health.set_not_serving::<VerificationServer<VerificationService>>().await;
             }
         }
     }

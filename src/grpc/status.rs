@@ -47,6 +47,9 @@ impl From<VerifyError> for Status {
             VerifyError::Invalid(v) => invalid_argument(&v),
             VerifyError::Store(e) => internal(&e),
             VerifyError::Audit(e) => internal(&e),
+            VerifyError::DeadlineExceeded => {
+                Status::deadline_exceeded("the deadline passed before the answer was ready")
+            }
         }
     }
 }

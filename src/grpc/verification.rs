@@ -1,12 +1,15 @@
 //! The `simverify.v1.Verification` service.
 
 use std::pin::Pin;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{self, Principal};
 use super::convert;
+use super::limits::Limits;
 use crate::domain::{Purpose, request::is_printable_token};
 use crate::proto as pb;
 use crate::verifier::Verifier;
@@ -18,18 +21,31 @@ const STREAM_CONCURRENCY: usize = 4;
 #[derive(Clone)]
 pub struct VerificationService {
     verifier: Verifier,
-    caller: std::sync::Arc<str>,
+    limits: Arc<Limits>,
     max_batch_items: usize,
 }
 
 impl VerificationService {
-    pub fn new(verifier: Verifier, caller: &str, max_batch_items: usize) -> Self {
-        Self {
-            verifier,
-            caller: caller.into(),
-            max_batch_items,
-        }
+    pub fn new(verifier: Verifier, limits: Arc<Limits>, max_batch_items: usize) -> Self {
+        Self { verifier, limits, max_batch_items }
     }
+}
+
+/// The client's deadline, from the `grpc-timeout` header (e.g. `250m`).
+pub fn deadline<T>(req: &Request<T>, start: Instant) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    start.checked_add(d)
 }
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::VerifyBatchResult, Status>> + Send>>;
@@ -41,9 +57,12 @@ impl pb::verification_server::Verification for VerificationService {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let started = Instant::now();
+        let deadline = deadline(&request, started);
+        let principal = auth::principal(&request)?;
+        let _permit = self.limits.admit(&principal, 1)?;
         let msg = request.into_inner();
         let item = convert::item(&msg, Purpose::Activation);
-        let answer = self.verifier.verify(&self.caller, item, started).await?;
+        let answer = self.verifier.verify(&principal.carrier_id, item, started, deadline).await?;
         Ok(Response::new(convert::response(answer)))
     }
 
@@ -53,12 +72,15 @@ impl pb::verification_server::Verification for VerificationService {
         &self,
         request: Request<Streaming<pb::VerifyBatch>>,
     ) -> Result<Response<Self::VerifyStreamStream>, Status> {
+        let deadline = deadline(&request, Instant::now());
+        let principal = auth::principal(&request)?;
         let inbound = request.into_inner();
         let this = self.clone();
         let out = inbound
             .map(move |batch| {
                 let this = this.clone();
-                async move { this.answer_batch(batch?).await }
+                let principal = principal.clone();
+                async move { this.answer_batch(&principal, batch?, deadline).await }
             })
             .buffered(STREAM_CONCURRENCY)
             // The first error ends the stream: tonic sends it as the status.
@@ -74,7 +96,12 @@ impl pb::verification_server::Verification for VerificationService {
 }
 
 impl VerificationService {
-    async fn answer_batch(&self, batch: pb::VerifyBatch) -> Result<pb::VerifyBatchResult, Status> {
+    async fn answer_batch(
+        &self,
+        principal: &Principal,
+        batch: pb::VerifyBatch,
+        deadline: Option<Instant>,
+    ) -> Result<pb::VerifyBatchResult, Status> {
         let started = Instant::now();
         if batch.requests.len() > self.max_batch_items {
             return Err(Status::invalid_argument(format!(
@@ -93,14 +120,12 @@ impl VerificationService {
                 ));
             }
         };
-        let items: Vec<_> = batch
-            .requests
-            .iter()
-            .map(|r| convert::item(r, Purpose::Cleanup))
-            .collect();
+        let _permit = self.limits.admit(principal, batch.requests.len() as u64)?;
+        let items: Vec<_> =
+            batch.requests.iter().map(|r| convert::item(r, Purpose::Cleanup)).collect();
         let answers = self
             .verifier
-            .verify_batch(&self.caller, job_id, &items, started)
+            .verify_batch(&principal.carrier_id, job_id, &items, started, deadline)
             .await?;
         Ok(pb::VerifyBatchResult {
             batch_seq: batch.batch_seq,

@@ -11,9 +11,9 @@ fn simverify(data_dir: &Path, db: &TestDb) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_simverify"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SIMVERIFY_DATA_DIR", data_dir)
-        .env("SIMVERIFY_DATABASE_URL", &db.url)
-        .env("SIMVERIFY_LOG", "info");
+        .env("SIMVERIFY__DATA_DIR", data_dir)
+        .env("SIMVERIFY__DATABASE_URL", &db.url)
+        .env("SIMVERIFY__LOG", "info");
     c
 }
 
@@ -162,7 +162,10 @@ async fn serve_verify_and_stop(backend: Backend) {
         .map(|l| l.split(',').collect::<Vec<_>>())
         .find(|c| c[4].is_empty() && c[2].len() == 10)
         .unwrap();
-    let server_url = format!("http://{addr}");
+    // Over mutual TLS with the development PKI `serve --demo` created: the
+    // client finds it in the data directory without flags.
+    let port = addr.rsplit(':').next().unwrap();
+    let server_url = format!("https://localhost:{port}");
     let (out, _) = run_ok(simverify(&dir, &db).args([
         "verify",
         "--server",
@@ -235,6 +238,7 @@ async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
     let out = simverify(&dir, &db)
         .args([
             "verify",
+            "--insecure-plaintext",
             "--server",
             "http://127.0.0.1:9",
             "--msisdn",

@@ -221,9 +221,8 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         .await
         .unwrap();
     let server = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
         max_batch_items: opts.max_batch_items,
-        ..ServerConfig::default()
+        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap())
     };
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();

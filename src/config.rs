@@ -1,0 +1,375 @@
+//! Configuration: a TOML file, overlaid by `SIMVERIFY__SECTION__KEY`
+//! environment variables, overlaid by command-line flags. Validated as a
+//! whole before anything binds; an error names the key.
+//!
+//! Secrets (the hash key, private keys, database passwords) are referenced by
+//! path or URL and never printed: [`Config::redacted_database_url`] is what
+//! logs see.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides: `SIMVERIFY__SERVER__LISTEN=…` sets
+/// `server.listen`.
+pub const ENV_PREFIX: &str = "SIMVERIFY__";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May verify; may read its own audit records.
+    Carrier,
+    /// May read every audit record; may not verify.
+    Auditor,
+    /// Mirror operations.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Carrier => "carrier",
+            Self::Auditor => "auditor",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Maps a client certificate to a principal. `subject` is compared with the
+/// certificate's SAN URIs and DNS names and its subject CN.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalEntry {
+    pub subject: String,
+    pub carrier_id: String,
+    pub role: Role,
+    /// Sustained verifications per second (token bucket refill).
+    pub rate_per_sec: Option<f64>,
+    /// Bucket size: the most verifications at once.
+    pub burst: Option<u64>,
+    /// Verifications per calendar day (Vietnam time).
+    pub daily_quota: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: SocketAddr,
+    /// Serve without TLS. Allowed on loopback addresses only.
+    pub insecure_plaintext: bool,
+    pub max_batch_items: usize,
+    pub max_message_bytes: usize,
+    /// Requests (or stream batches) worked on at once; more are shed with
+    /// UNAVAILABLE instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// How long in-flight calls may run after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    pub cache_entries: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            insecure_plaintext: false,
+            max_batch_items: 5000,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_concurrent_requests: 512,
+            shutdown_grace_secs: 30,
+            cache_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub rate_per_sec: f64,
+    pub burst: u64,
+    pub daily_quota: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { rate_per_sec: 50_000.0, burst: 100_000, daily_quota: 100_000_000 }
+    }
+}
+
+/// What the CLI's client commands (`verify`, `batch`, `audit`) connect with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    pub server: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub hash_key_file: Option<PathBuf>,
+    pub hash_key_id: u16,
+    pub log: String,
+    pub server: ServerSection,
+    pub tls: Option<TlsSection>,
+    pub limits: LimitsSection,
+    pub principals: Vec<PrincipalEntry>,
+    pub client: ClientSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("simverify-data"),
+            database_url: None,
+            hash_key_file: None,
+            hash_key_id: 1,
+            log: "info".to_owned(),
+            server: ServerSection::default(),
+            tls: None,
+            limits: LimitsSection::default(),
+            principals: Vec::new(),
+            client: ClientSection::default(),
+        }
+    }
+}
+
+/// Parses an environment value as a TOML value when it is one (numbers,
+/// booleans, arrays), else takes it as a string.
+fn env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cur = table;
+    for (i, p) in parents.iter().enumerate() {
+        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::new(path[..=i].join("."), "is not a section")
+        })?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Reads `file` (if any), then applies `SIMVERIFY__…` variables from
+    /// `env`. Does not validate: see [`Config::validate`].
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", p.display())))?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::new("config", format!("{} is not valid TOML: {}", p.display(), e.message()))
+                })?
+            }
+        };
+        let mut vars: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        vars.sort();
+        for (k, v) in vars {
+            let path: Vec<String> =
+                k[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::new(k, "malformed variable name"));
+            }
+            set_path(&mut table, &path, env_value(&v))?;
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // serde names the offending key in its message; keep it on one line.
+            let msg = e.to_string().replace('\n', " ");
+            ConfigError::new("", msg.trim().to_owned())
+        })
+    }
+
+    /// Checks everything that can be checked without binding or connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_batch_items == 0 || s.max_batch_items > 100_000 {
+            return Err(ConfigError::new("server.max_batch_items", "must be between 1 and 100000"));
+        }
+        if s.max_message_bytes < 4096 {
+            return Err(ConfigError::new("server.max_message_bytes", "must be at least 4096"));
+        }
+        if s.max_concurrent_requests == 0 {
+            return Err(ConfigError::new("server.max_concurrent_requests", "must be at least 1"));
+        }
+        if s.insecure_plaintext && !s.listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "server.listen",
+                "plaintext is only allowed on a loopback address",
+            ));
+        }
+        Self::check_limits("limits", self.limits.rate_per_sec, self.limits.burst, self.limits.daily_quota)?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.principals.iter().enumerate() {
+            let key = |f: &str| format!("principals[{i}].{f}");
+            if p.subject.trim().is_empty() {
+                return Err(ConfigError::new(key("subject"), "must not be empty"));
+            }
+            if !seen.insert(p.subject.as_str()) {
+                return Err(ConfigError::new(key("subject"), "is listed twice"));
+            }
+            if !crate::domain::request::is_printable_token(&p.carrier_id, 64) {
+                return Err(ConfigError::new(key("carrier_id"), "must be 1–64 printable ASCII characters"));
+            }
+            Self::check_limits(
+                &format!("principals[{i}]"),
+                p.rate_per_sec.unwrap_or(self.limits.rate_per_sec),
+                p.burst.unwrap_or(self.limits.burst),
+                p.daily_quota.unwrap_or(self.limits.daily_quota),
+            )?;
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new("database_url", "must start with sqlite:// or postgres://"));
+        }
+        Ok(())
+    }
+
+    fn check_limits(at: &str, rate: f64, burst: u64, quota: u64) -> Result<(), ConfigError> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ConfigError::new(format!("{at}.rate_per_sec"), "must be a positive number"));
+        }
+        if burst == 0 {
+            return Err(ConfigError::new(format!("{at}.burst"), "must be at least 1"));
+        }
+        if quota == 0 {
+            return Err(ConfigError::new(format!("{at}.daily_quota"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("simverify.db").display())
+        })
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn redacted_database_url(&self) -> String {
+        redact_url(&self.database_url())
+    }
+
+    /// Where the development PKI lives (`simverify pki init` default).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+}
+
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:6000\"\nmax_batch_items = 10\n\n[[principals]]\nsubject = \"a\"\ncarrier_id = \"a\"\nrole = \"carrier\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[("SIMVERIFY__SERVER__MAX_BATCH_ITEMS", "20"), ("SIMVERIFY__DATA_DIR", "/x"), ("OTHER", "1")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 6000);
+        assert_eq!(c.server.max_batch_items, 20);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.principals[0].role, Role::Carrier);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::load(None, env(&[("SIMVERIFY__SERVER__LISTEN", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = Config::load(None, env(&[("SIMVERIFY__SERVER__LISTN", "x")])).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let mut c = Config::default();
+        c.server.insecure_plaintext = true;
+        c.server.listen = "0.0.0.0:1".parse().unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "server.listen");
+        let mut c = Config::default();
+        c.principals.push(PrincipalEntry {
+            subject: "s".into(),
+            carrier_id: "c".into(),
+            role: Role::Carrier,
+            rate_per_sec: Some(-1.0),
+            burst: None,
+            daily_quota: None,
+        });
+        assert_eq!(c.validate().unwrap_err().key, "principals[0].rate_per_sec");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
