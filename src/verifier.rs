@@ -23,11 +23,20 @@ pub enum VerifyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Audit(#[from] AuditError),
+    Audit(AuditError),
     /// The caller's deadline passed before the answer was ready; nothing
     /// was audited as answered.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+}
+
+impl From<AuditError> for VerifyError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::DeadlineExceeded => Self::DeadlineExceeded,
+            e => Self::Audit(e),
+        }
+    }
 }
 
 fn check_deadline(deadline: Option<Instant>) -> Result<(), VerifyError> {
@@ -187,7 +196,7 @@ impl Verifier {
         );
         let answer = answer_of(&record, Vec::new());
         check_deadline(deadline)?;
-        self.inner.audit.append(vec![record]).await?;
+        self.inner.audit.append(vec![record], deadline).await?;
         Ok(answer)
     }
 
@@ -256,7 +265,7 @@ impl Verifier {
             records.push(record);
         }
         check_deadline(deadline)?;
-        self.inner.audit.append(records).await?;
+        self.inner.audit.append(records, deadline).await?;
         Ok(answers)
     }
 

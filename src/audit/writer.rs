@@ -6,6 +6,8 @@
 //! gateway still commits a lone record immediately. The order of commits is
 //! the order of the log.
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -18,10 +20,15 @@ pub enum AuditError {
     WriteFailed,
     #[error("the audit writer has stopped")]
     Stopped,
+    /// The caller's deadline passed while the records waited to be
+    /// written; they were dropped, so nothing is recorded as answered.
+    #[error("the deadline passed before the audit record was written")]
+    DeadlineExceeded,
 }
 
 struct Pending {
     records: Vec<AuditRecord>,
+    deadline: Option<Instant>,
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
@@ -42,14 +49,19 @@ impl AuditWriter {
         (Self { tx }, handle)
     }
 
-    /// Appends records and returns once they are durable.
-    pub async fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
+    /// Appends records and returns once they are durable. Records still
+    /// queued when `deadline` passes are dropped, not written.
+    pub async fn append(
+        &self,
+        records: Vec<AuditRecord>,
+        deadline: Option<Instant>,
+    ) -> Result<(), AuditError> {
         if records.is_empty() {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { records, done })
+            .send(Pending { records, deadline, done })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
@@ -58,16 +70,25 @@ impl AuditWriter {
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(max_batch);
-    let mut waiters: Vec<(usize, oneshot::Sender<Result<(), AuditError>>)> = Vec::new();
+    let mut waiters: Vec<oneshot::Sender<Result<(), AuditError>>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let now = Instant::now();
         while let Some(p) = next.take() {
-            waiters.push((p.records.len(), p.done));
-            batch.extend(p.records);
-            if batch.len() >= max_batch {
-                break;
+            if p.deadline.is_some_and(|d| d <= now) || p.done.is_closed() {
+                // Nobody will receive this answer: do not record it as given.
+                let _ = p.done.send(Err(AuditError::DeadlineExceeded));
+            } else {
+                waiters.push(p.done);
+                batch.extend(p.records);
+                if batch.len() >= max_batch {
+                    break;
+                }
             }
             next = rx.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
         }
         let result = match store.append_audit(&batch).await {
             Ok(()) => Ok(()),
@@ -81,7 +102,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
             submissions = waiters.len(),
             "audit batch committed"
         );
-        for (_, done) in waiters.drain(..) {
+        for done in waiters.drain(..) {
             // A caller that gave up (deadline, disconnect) no longer listens;
             // its record is durable all the same.
             let _ = done.send(result.clone());

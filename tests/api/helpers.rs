@@ -238,3 +238,112 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         handle: Some(handle),
     }
 }
+
+/// rustls needs a process-wide crypto provider before any TLS client runs.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A test CA with a localhost server certificate, able to issue clients.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca: simverify::pki::Ca,
+    pub validity: simverify::pki::Validity,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        init_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let validity = simverify::pki::Validity::days_from_today(simverify::clock::today_vn(), 30);
+        let ca = simverify::pki::Ca::new("test CA", validity).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+        let (cert, key) = ca.server(&["localhost"], validity).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        Self { dir, ca, validity }
+    }
+
+    pub fn tls(&self) -> simverify::config::TlsSection {
+        simverify::config::TlsSection {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            client_ca: self.dir.path().join("ca.pem"),
+        }
+    }
+
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a client certificate with SAN URI `uri`; returns (cert, key).
+    pub fn client(&self, name: &str, uri: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.client_with(&self.ca, name, uri, self.validity)
+    }
+
+    pub fn client_with(
+        &self,
+        ca: &simverify::pki::Ca,
+        name: &str,
+        uri: &str,
+        validity: simverify::pki::Validity,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = ca.client(name, uri, validity).unwrap();
+        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+}
+
+pub fn principal(subject: &str, id: &str, role: simverify::config::Role) -> simverify::config::PrincipalEntry {
+    simverify::config::PrincipalEntry {
+        subject: subject.into(),
+        carrier_id: id.into(),
+        role,
+        rate_per_sec: None,
+        burst: None,
+        daily_quota: None,
+    }
+}
+
+/// A gateway serving mutual TLS with `cfg`'s principals and limits.
+pub async fn spawn_tls_app(backend: Backend, pki: &TestPki, mut cfg: simverify::config::Config) -> TestApp {
+    init_crypto();
+    cfg.tls = Some(pki.tls());
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.validate().unwrap();
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.expect("connect store");
+    import(&store, POPULATION).await;
+    let (verifier, tasks) = Verifier::start(test_hasher(), store.clone(), VerifierConfig::default()).await.unwrap();
+    let server = ServerConfig::from_config(&cfg).unwrap();
+    let app = Application::build(server, verifier, tasks).await.unwrap();
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp { addr, store, db, shutdown: Some(tx), handle: Some(handle) }
+}
+
+/// A client channel over TLS to `addr`, presenting `identity` if given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    init_crypto();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((c, k)) = identity {
+        tls = tls.identity(Identity::from_pem(std::fs::read(c).unwrap(), std::fs::read(k).unwrap()));
+    }
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
