@@ -24,7 +24,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -116,7 +119,11 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { rate_per_sec: 50_000.0, burst: 100_000, daily_quota: 100_000_000 }
+        Self {
+            rate_per_sec: 50_000.0,
+            burst: 100_000,
+            daily_quota: 100_000_000,
+        }
     }
 }
 
@@ -168,19 +175,27 @@ impl Default for Config {
 fn env_value(raw: &str) -> toml::Value {
     let probe = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&probe) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ConfigError> {
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), ConfigError> {
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut cur = table;
     for (i, p) in parents.iter().enumerate() {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            ConfigError::new(path[..=i].join("."), "is not a section")
-        })?;
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(path[..=i].join("."), "is not a section"))?;
     }
     cur.insert(last.clone(), value);
     Ok(())
@@ -196,19 +211,27 @@ impl Config {
         let mut table = match file {
             None => toml::Table::new(),
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", p.display())))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new("config", format!("cannot read {}: {e}", p.display()))
+                })?;
                 text.parse::<toml::Table>().map_err(|e| {
-                    ConfigError::new("config", format!("{} is not valid TOML: {}", p.display(), e.message()))
+                    ConfigError::new(
+                        "config",
+                        format!("{} is not valid TOML: {}", p.display(), e.message()),
+                    )
                 })?
             }
         };
-        let mut vars: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         vars.sort();
         for (k, v) in vars {
-            let path: Vec<String> =
-                k[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let path: Vec<String> = k[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
             if path.iter().any(String::is_empty) {
                 return Err(ConfigError::new(k, "malformed variable name"));
             }
@@ -225,13 +248,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         if s.max_batch_items == 0 || s.max_batch_items > 100_000 {
-            return Err(ConfigError::new("server.max_batch_items", "must be between 1 and 100000"));
+            return Err(ConfigError::new(
+                "server.max_batch_items",
+                "must be between 1 and 100000",
+            ));
         }
         if s.max_message_bytes < 4096 {
-            return Err(ConfigError::new("server.max_message_bytes", "must be at least 4096"));
+            return Err(ConfigError::new(
+                "server.max_message_bytes",
+                "must be at least 4096",
+            ));
         }
         if s.max_concurrent_requests == 0 {
-            return Err(ConfigError::new("server.max_concurrent_requests", "must be at least 1"));
+            return Err(ConfigError::new(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
         }
         if s.insecure_plaintext && !s.listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -239,7 +271,12 @@ impl Config {
                 "plaintext is only allowed on a loopback address",
             ));
         }
-        Self::check_limits("limits", self.limits.rate_per_sec, self.limits.burst, self.limits.daily_quota)?;
+        Self::check_limits(
+            "limits",
+            self.limits.rate_per_sec,
+            self.limits.burst,
+            self.limits.daily_quota,
+        )?;
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.principals.iter().enumerate() {
             let key = |f: &str| format!("principals[{i}].{f}");
@@ -250,7 +287,10 @@ impl Config {
                 return Err(ConfigError::new(key("subject"), "is listed twice"));
             }
             if !crate::domain::request::is_printable_token(&p.carrier_id, 64) {
-                return Err(ConfigError::new(key("carrier_id"), "must be 1–64 printable ASCII characters"));
+                return Err(ConfigError::new(
+                    key("carrier_id"),
+                    "must be 1–64 printable ASCII characters",
+                ));
             }
             Self::check_limits(
                 &format!("principals[{i}]"),
@@ -260,30 +300,44 @@ impl Config {
             )?;
         }
         if let Some(url) = &self.database_url
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
         {
-            return Err(ConfigError::new("database_url", "must start with sqlite:// or postgres://"));
+            return Err(ConfigError::new(
+                "database_url",
+                "must start with sqlite:// or postgres://",
+            ));
         }
         Ok(())
     }
 
     fn check_limits(at: &str, rate: f64, burst: u64, quota: u64) -> Result<(), ConfigError> {
         if !(rate.is_finite() && rate > 0.0) {
-            return Err(ConfigError::new(format!("{at}.rate_per_sec"), "must be a positive number"));
+            return Err(ConfigError::new(
+                format!("{at}.rate_per_sec"),
+                "must be a positive number",
+            ));
         }
         if burst == 0 {
-            return Err(ConfigError::new(format!("{at}.burst"), "must be at least 1"));
+            return Err(ConfigError::new(
+                format!("{at}.burst"),
+                "must be at least 1",
+            ));
         }
         if quota == 0 {
-            return Err(ConfigError::new(format!("{at}.daily_quota"), "must be at least 1"));
+            return Err(ConfigError::new(
+                format!("{at}.daily_quota"),
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("simverify.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("simverify.db").display()))
     }
 
     /// The database URL with any password replaced, for logs.
@@ -315,7 +369,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -334,7 +391,11 @@ mod tests {
         .unwrap();
         let c = Config::load(
             Some(&f),
-            env(&[("SIMVERIFY__SERVER__MAX_BATCH_ITEMS", "20"), ("SIMVERIFY__DATA_DIR", "/x"), ("OTHER", "1")]),
+            env(&[
+                ("SIMVERIFY__SERVER__MAX_BATCH_ITEMS", "20"),
+                ("SIMVERIFY__DATA_DIR", "/x"),
+                ("OTHER", "1"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.listen.port(), 6000);
@@ -368,7 +429,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }

@@ -19,7 +19,10 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0} already exists; pass --force to replace the development PKI")]
     Exists(String),
 }
@@ -54,7 +57,10 @@ impl Validity {
     /// From yesterday, for `days`.
     pub fn days_from_today(today: CivilDate, days: i64) -> Self {
         let t = today.to_unix_days();
-        Self { not_before: CivilDate::from_unix_days(t - 1), not_after: CivilDate::from_unix_days(t + days) }
+        Self {
+            not_before: CivilDate::from_unix_days(t - 1),
+            not_after: CivilDate::from_unix_days(t + days),
+        }
     }
 }
 
@@ -68,19 +74,32 @@ impl Ca {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, name);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         apply(&mut p, v);
         let key = KeyPair::generate()?;
         let cert = p.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(p, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        })
     }
 
     /// A server certificate for `dns_names` and the loopback addresses.
     pub fn server(&self, dns_names: &[&str], v: Validity) -> Result<(String, String), PkiError> {
-        let mut p = CertificateParams::new(dns_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        p.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-        p.distinguished_name.push(DnType::CommonName, dns_names.first().copied().unwrap_or("localhost"));
+        let mut p =
+            CertificateParams::new(dns_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        p.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        p.distinguished_name.push(
+            DnType::CommonName,
+            dns_names.first().copied().unwrap_or("localhost"),
+        );
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         apply(&mut p, v);
@@ -89,7 +108,12 @@ impl Ca {
     }
 
     /// A client certificate with CN `common_name` and SAN URI `uri`.
-    pub fn client(&self, common_name: &str, uri: &str, v: Validity) -> Result<(String, String), PkiError> {
+    pub fn client(
+        &self,
+        common_name: &str,
+        uri: &str,
+        v: Validity,
+    ) -> Result<(String, String), PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, common_name);
         p.subject_alt_names.push(SanType::URI(uri.try_into()?));
@@ -102,7 +126,10 @@ impl Ca {
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
-    let err = |source| PkiError::Io { path: path.display().to_string(), source };
+    let err = |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -141,7 +168,11 @@ impl DevPki {
                 daily_quota: None,
             })
             .collect();
-        Self { dir: dir.to_path_buf(), tls, principals }
+        Self {
+            dir: dir.to_path_buf(),
+            tls,
+            principals,
+        }
     }
 
     pub fn exists(&self) -> bool {
@@ -183,7 +214,10 @@ pub fn init(dir: &Path, today: CivilDate, force: bool) -> Result<DevPki, PkiErro
     if pki.exists() && !force {
         return Err(PkiError::Exists(pki.tls.cert.display().to_string()));
     }
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let validity = Validity::days_from_today(today, 825);
     let ca = Ca::new("simverify development CA", validity)?;
     write(&dir.join("ca.pem"), &ca.cert_pem, false)?;

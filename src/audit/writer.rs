@@ -61,7 +61,11 @@ impl AuditWriter {
         }
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { records, deadline, done })
+            .send(Pending {
+                records,
+                deadline,
+                done,
+            })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?

@@ -34,15 +34,24 @@ pub struct ClientArgs {
 }
 
 fn read(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| CliError::Usage(format!("{what}: cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("{what}: cannot read {}: {e}", path.display())))
 }
 
 impl ClientArgs {
     pub async fn connect(&self, cfg: &Config) -> Result<Channel, CliError> {
         let plaintext = self.insecure_plaintext || cfg.client.insecure_plaintext;
-        let server = self.server.clone().or_else(|| cfg.client.server.clone()).unwrap_or_else(|| {
-            if plaintext { "http://127.0.0.1:50051".into() } else { "https://localhost:50051".into() }
-        });
+        let server = self
+            .server
+            .clone()
+            .or_else(|| cfg.client.server.clone())
+            .unwrap_or_else(|| {
+                if plaintext {
+                    "http://127.0.0.1:50051".into()
+                } else {
+                    "https://localhost:50051".into()
+                }
+            });
         let mut endpoint = Endpoint::from_shared(server.clone())
             .map_err(|_| CliError::Usage(format!("server: `{server}` is not a valid URL")))?
             .connect_timeout(std::time::Duration::from_secs(10));
@@ -54,7 +63,9 @@ impl ClientArgs {
             }
             let pki = cfg.pki_dir();
             let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, dev: &str| {
-                flag.clone().or_else(|| conf.clone()).unwrap_or_else(|| pki.join(dev))
+                flag.clone()
+                    .or_else(|| conf.clone())
+                    .unwrap_or_else(|| pki.join(dev))
             };
             let ca = pick(&self.ca, &cfg.client.ca, "ca.pem");
             let cert = pick(&self.cert, &cfg.client.cert, "carrier-a.pem");

@@ -10,7 +10,6 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretBox};
 

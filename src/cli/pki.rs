@@ -30,9 +30,18 @@ pub fn run(cfg: &Config, cmd: PkiCommand) -> Result<(), CliError> {
         crate::pki::PkiError::Exists(_) => CliError::Usage(e.to_string()),
         e => CliError::Internal(e.to_string()),
     })?;
-    println!("wrote a development CA, server and client certificates to {}", pki.dir.display());
-    println!("configuration: {}", pki.dir.join("simverify.toml").display());
-    println!("  serve:   simverify --config {} serve", pki.dir.join("simverify.toml").display());
+    println!(
+        "wrote a development CA, server and client certificates to {}",
+        pki.dir.display()
+    );
+    println!(
+        "configuration: {}",
+        pki.dir.join("simverify.toml").display()
+    );
+    println!(
+        "  serve:   simverify --config {} serve",
+        pki.dir.join("simverify.toml").display()
+    );
     println!("  clients: carrier-a, carrier-b (role carrier), auditor (auditor), admin (admin)");
     Ok(())
 }

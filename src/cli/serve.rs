@@ -6,14 +6,14 @@ use std::path::Path;
 use clap::Args;
 
 use super::CliError;
+use crate::cache::CacheConfig;
 use crate::clock;
 use crate::config::Config;
-use crate::pki::DevPki;
-use crate::cache::CacheConfig;
 use crate::domain::CivilDate;
 use crate::r#gen::{PopulationConfig, SubscriberConfig, write_population, write_subscribers};
 use crate::grpc::{Application, ServeError, ServerConfig};
 use crate::mirror;
+use crate::pki::DevPki;
 use crate::verifier::{Verifier, VerifierConfig};
 
 /// Demo data is generated relative to a fixed date, so the same seed gives
@@ -67,21 +67,32 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
 
     let hasher = super::hasher(&cfg)?;
     let store = super::open_store(&cfg).await?;
-    store.check_key(hasher.key_id(), &hasher.fingerprint()).await?;
+    store
+        .check_key(hasher.key_id(), &hasher.fingerprint())
+        .await?;
     if args.demo && store.record_count().await? == 0 {
         seed_demo(&cfg, &store, &hasher, args.demo_size).await?;
     }
     let vcfg = VerifierConfig {
-        cache: CacheConfig { max_entries: cfg.server.cache_entries, ..CacheConfig::default() },
+        cache: CacheConfig {
+            max_entries: cfg.server.cache_entries,
+            ..CacheConfig::default()
+        },
         ..VerifierConfig::default()
     };
     let (verifier, tasks) = Verifier::start(hasher, store.clone(), vcfg).await?;
-    let app = Application::build(server, verifier, tasks).await.map_err(|e| match e {
-        ServeError::Tls(_) | ServeError::NoTls | ServeError::NotLoopback(_) => CliError::Usage(e.to_string()),
-        e => CliError::Unavailable(e.to_string()),
-    })?;
+    let app = Application::build(server, verifier, tasks)
+        .await
+        .map_err(|e| match e {
+            ServeError::Tls(_) | ServeError::NoTls | ServeError::NotLoopback(_) => {
+                CliError::Usage(e.to_string())
+            }
+            e => CliError::Unavailable(e.to_string()),
+        })?;
     if cfg.server.insecure_plaintext {
-        tracing::warn!("serving plaintext gRPC without client authentication: for local development only");
+        tracing::warn!(
+            "serving plaintext gRPC without client authentication: for local development only"
+        );
     }
     tracing::info!(
         addr = %app.local_addr(),

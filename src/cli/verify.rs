@@ -75,7 +75,8 @@ struct Printed<'a> {
 }
 
 pub async fn run(cfg: &Config, args: VerifyArgs) -> Result<(), CliError> {
-    let mut client = pb::verification_client::VerificationClient::new(args.client.connect(cfg).await?);
+    let mut client =
+        pb::verification_client::VerificationClient::new(args.client.connect(cfg).await?);
     let request = pb::VerifyRequest {
         request_id: args
             .request_id
@@ -168,9 +169,11 @@ fn status_error(status: &tonic::Status) -> CliError {
         tonic::Code::Unavailable => {
             CliError::Unavailable(format!("gateway unavailable: {}", status.message()))
         }
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            CliError::Usage(format!("refused ({:?}): {}", status.code(), status.message()))
-        }
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => CliError::Usage(format!(
+            "refused ({:?}): {}",
+            status.code(),
+            status.message()
+        )),
         code => CliError::Internal(format!("gateway error ({code:?}): {}", status.message())),
     }
 }

@@ -57,14 +57,19 @@ pub struct PrincipalMap {
 
 impl PrincipalMap {
     pub fn from_config(cfg: &Config) -> Self {
-        let by_subject =
-            cfg.principals.iter().map(|p| (p.subject.clone(), Principal::new(p, &cfg.limits))).collect();
+        let by_subject = cfg
+            .principals
+            .iter()
+            .map(|p| (p.subject.clone(), Principal::new(p, &cfg.limits)))
+            .collect();
         Self { by_subject }
     }
 
     /// A copy of `other` (the server keeps its own).
     pub fn from_entries(other: &PrincipalMap) -> Self {
-        Self { by_subject: other.by_subject.clone() }
+        Self {
+            by_subject: other.by_subject.clone(),
+        }
     }
 
     pub fn insert(&mut self, subject: &str, principal: Principal) {
@@ -101,7 +106,11 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -110,7 +119,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -148,13 +161,17 @@ impl AsyncWrite for Conn {
 
 /// An interceptor admitting only principals with one of `roles`; it puts
 /// the [`Principal`] into the request's extensions for the handler.
-pub fn require(roles: &'static [Role]) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn require(
+    roles: &'static [Role],
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
         let principal = req
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.principal.clone())
-            .ok_or_else(|| Status::unauthenticated("client certificate is not registered with this gateway"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("client certificate is not registered with this gateway")
+            })?;
         if !roles.contains(&principal.role) {
             return Err(Status::permission_denied(format!(
                 "role `{}` may not call this service",

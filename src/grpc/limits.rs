@@ -35,14 +35,21 @@ fn retry_status(code: Code, message: String, after: Duration) -> Status {
 
 impl Limits {
     pub fn new(max_in_flight: usize) -> Self {
-        Self { in_flight: Arc::new(Semaphore::new(max_in_flight)), buckets: Mutex::new(HashMap::new()) }
+        Self {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Admits `items` verifications for `p`, or says why not and when to
     /// retry. Hold the permit until the work is done.
     pub fn admit(&self, p: &Principal, items: u64) -> Result<OwnedSemaphorePermit, Status> {
         let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            retry_status(Code::Unavailable, "the gateway is overloaded; retry shortly".into(), SHED_RETRY)
+            retry_status(
+                Code::Unavailable,
+                "the gateway is overloaded; retry shortly".into(),
+                SHED_RETRY,
+            )
         })?;
         if items == 0 {
             return Ok(permit);
@@ -83,7 +90,10 @@ impl Limits {
             let wait = Duration::from_secs_f64((need - b.tokens) / p.rate_per_sec);
             return Err(retry_status(
                 Code::ResourceExhausted,
-                format!("rate limit of {} verifications per second exceeded", p.rate_per_sec),
+                format!(
+                    "rate limit of {} verifications per second exceeded",
+                    p.rate_per_sec
+                ),
                 wait.max(Duration::from_millis(1)),
             ));
         }

@@ -32,7 +32,10 @@ pub use verification::{VerificationService, deadline};
 /// How callers are identified.
 pub enum Security {
     /// Mutual TLS: client certificates map to principals.
-    MutualTls { tls: crate::config::TlsSection, principals: PrincipalMap },
+    MutualTls {
+        tls: crate::config::TlsSection,
+        principals: PrincipalMap,
+    },
     /// No TLS, loopback only: every caller is this principal.
     Plaintext { principal: Principal },
 }
@@ -50,10 +53,15 @@ impl ServerConfig {
     /// The server settings of a validated configuration.
     pub fn from_config(cfg: &Config) -> Result<Self, ServeError> {
         let security = if cfg.server.insecure_plaintext {
-            Security::Plaintext { principal: Principal::development(&cfg.limits) }
+            Security::Plaintext {
+                principal: Principal::development(&cfg.limits),
+            }
         } else {
             let tls = cfg.tls.clone().ok_or(ServeError::NoTls)?;
-            Security::MutualTls { tls, principals: PrincipalMap::from_config(cfg) }
+            Security::MutualTls {
+                tls,
+                principals: PrincipalMap::from_config(cfg),
+            }
         };
         Ok(Self {
             listen: cfg.server.listen,
@@ -74,7 +82,9 @@ impl ServerConfig {
             max_message_bytes: 16 * 1024 * 1024,
             max_concurrent_requests: 512,
             shutdown_grace: Duration::from_secs(30),
-            security: Security::Plaintext { principal: Principal::development(&defaults) },
+            security: Security::Plaintext {
+                principal: Principal::development(&defaults),
+            },
         }
     }
 }
@@ -93,7 +103,10 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection descriptors are invalid: {0}")]
@@ -101,8 +114,13 @@ pub enum ServeError {
 }
 
 enum Acceptor {
-    Tls { tls: Arc<ReloadableTls>, principals: Arc<PrincipalMap> },
-    Plain { principal: Principal },
+    Tls {
+        tls: Arc<ReloadableTls>,
+        principals: Arc<PrincipalMap>,
+    },
+    Plain {
+        principal: Principal,
+    },
 }
 
 /// A gateway whose listener is bound but not yet serving: `local_addr()`
@@ -126,7 +144,9 @@ impl Application {
                 if !cfg.listen.ip().is_loopback() {
                     return Err(ServeError::NotLoopback(cfg.listen));
                 }
-                Acceptor::Plain { principal: principal.clone() }
+                Acceptor::Plain {
+                    principal: principal.clone(),
+                }
             }
             Security::MutualTls { tls, principals } => Acceptor::Tls {
                 tls: Arc::new(ReloadableTls::new(tls.clone())?),
@@ -135,12 +155,23 @@ impl Application {
         };
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
-        Ok(Self { listener, acceptor, verifier, tasks, cfg })
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            acceptor,
+            verifier,
+            tasks,
+            cfg,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, gives
@@ -150,11 +181,19 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let Self { listener, acceptor, verifier, tasks, cfg } = self;
+        let Self {
+            listener,
+            acceptor,
+            verifier,
+            tasks,
+            cfg,
+        } = self;
         let addr = listener.local_addr().ok();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<VerificationServer<VerificationService>>().await;
+        health
+            .set_serving::<VerificationServer<VerificationService>>()
+            .await;
         let monitor = tokio::spawn(monitor_store(verifier.store().clone(), health));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -175,8 +214,10 @@ impl Application {
             cfg.max_batch_items,
         ))
         .max_decoding_message_size(cfg.max_message_bytes);
-        let verification =
-            tonic::service::interceptor::InterceptedService::new(verification, auth::require(&[Role::Carrier]));
+        let verification = tonic::service::interceptor::InterceptedService::new(
+            verification,
+            auth::require(&[Role::Carrier]),
+        );
         drop(verifier);
 
         let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<Conn>>(128);
@@ -237,7 +278,11 @@ impl Application {
 /// Accepts TCP connections; TLS handshakes run concurrently so a slow or
 /// hostile client cannot hold up others. Failed handshakes (no certificate,
 /// an unknown CA, an expired certificate) never reach the server.
-async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender<std::io::Result<Conn>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Acceptor,
+    tx: mpsc::Sender<std::io::Result<Conn>>,
+) {
     const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     loop {
         let (sock, remote) = match listener.accept().await {
@@ -251,7 +296,10 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender
         let _ = sock.set_nodelay(true);
         match &acceptor {
             Acceptor::Plain { principal } => {
-                let peer = PeerInfo { remote: Some(remote), principal: Some(principal.clone()) };
+                let peer = PeerInfo {
+                    remote: Some(remote),
+                    principal: Some(principal.clone()),
+                };
                 if tx.send(Ok(Conn::Plain(sock, peer))).await.is_err() {
                     return;
                 }
@@ -261,7 +309,12 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender
                 let principals = principals.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(sock),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::info!(%remote, error = %e, "tls handshake rejected");
@@ -283,7 +336,10 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender
                     if principal.is_none() {
                         tracing::warn!(%remote, ?names, "client certificate is valid but not registered");
                     }
-                    let peer = PeerInfo { remote: Some(remote), principal };
+                    let peer = PeerInfo {
+                        remote: Some(remote),
+                        principal,
+                    };
                     let _ = tx.send(Ok(Conn::Tls(Box::new(stream), peer))).await;
                 });
             }
@@ -294,11 +350,15 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor, tx: mpsc::Sender
 #[cfg(unix)]
 async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         match tls.reload() {
             Ok(()) => tracing::info!("tls certificates reloaded"),
-            Err(e) => tracing::error!(error = %e, "tls reload failed; keeping the previous certificates"),
+            Err(e) => {
+                tracing::error!(error = %e, "tls reload failed; keeping the previous certificates")
+            }
         }
     }
 }
@@ -311,15 +371,21 @@ async fn monitor_store(store: Store, health: tonic_health::server::HealthReporte
     let mut serving = true;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let ok = tokio::time::timeout(Duration::from_secs(2), store.ping()).await.is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(Duration::from_secs(2), store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
         if ok != serving {
             serving = ok;
             if ok {
                 tracing::info!("store reachable again; serving");
-                health.set_serving::<VerificationServer<VerificationService>>().await;
+                health
+                    .set_serving::<VerificationServer<VerificationService>>()
+                    .await;
             } else {
                 tracing::warn!("store unreachable; reporting NOT_SERVING");
-                health.set_not_serving::<VerificationServer<VerificationService>>().await;
+                health
+                    .set_not_serving::<VerificationServer<VerificationService>>()
+                    .await;
             }
         }
     }

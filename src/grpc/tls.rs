@@ -15,7 +15,11 @@ use crate::config::TlsSection;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("tls.{key}: cannot read {path}: {message}")]
-    File { key: &'static str, path: String, message: String },
+    File {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("tls.{key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -25,7 +29,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_err = |message: String| TlsError::File { key, path: path.display().to_string(), message };
+    let file_err = |message: String| TlsError::File {
+        key,
+        path: path.display().to_string(),
+        message,
+    };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(e.to_string()))?
         .collect::<Result<_, _>>()
@@ -46,19 +54,29 @@ pub fn server_config(tls: &TlsSection) -> Result<Arc<ServerConfig>, TlsError> {
     })?;
     let mut roots = RootCertStore::empty();
     for ca in certs("client_ca", &tls.client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Invalid { key: "client_ca", message: e.to_string() })?;
+        roots.add(ca).map_err(|e| TlsError::Invalid {
+            key: "client_ca",
+            message: e.to_string(),
+        })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| TlsError::Invalid { key: "client_ca", message: e.to_string() })?;
+        .map_err(|e| TlsError::Invalid {
+            key: "client_ca",
+            message: e.to_string(),
+        })?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Invalid { key: "cert", message: e.to_string() })?
+        .map_err(|e| TlsError::Invalid {
+            key: "cert",
+            message: e.to_string(),
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Invalid { key: "key", message: e.to_string() })?;
+        .map_err(|e| TlsError::Invalid {
+            key: "key",
+            message: e.to_string(),
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -73,11 +91,17 @@ pub struct ReloadableTls {
 impl ReloadableTls {
     pub fn new(section: TlsSection) -> Result<Self, TlsError> {
         let cfg = server_config(&section)?;
-        Ok(Self { section, current: RwLock::new(cfg) })
+        Ok(Self {
+            section,
+            current: RwLock::new(cfg),
+        })
     }
 
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Re-reads the certificate, key and CA files. On error the previous

@@ -27,7 +27,11 @@ pub struct VerificationService {
 
 impl VerificationService {
     pub fn new(verifier: Verifier, limits: Arc<Limits>, max_batch_items: usize) -> Self {
-        Self { verifier, limits, max_batch_items }
+        Self {
+            verifier,
+            limits,
+            max_batch_items,
+        }
     }
 }
 
@@ -62,7 +66,10 @@ impl pb::verification_server::Verification for VerificationService {
         let _permit = self.limits.admit(&principal, 1)?;
         let msg = request.into_inner();
         let item = convert::item(&msg, Purpose::Activation);
-        let answer = self.verifier.verify(&principal.carrier_id, item, started, deadline).await?;
+        let answer = self
+            .verifier
+            .verify(&principal.carrier_id, item, started, deadline)
+            .await?;
         Ok(Response::new(convert::response(answer)))
     }
 
@@ -121,8 +128,11 @@ impl VerificationService {
             }
         };
         let _permit = self.limits.admit(principal, batch.requests.len() as u64)?;
-        let items: Vec<_> =
-            batch.requests.iter().map(|r| convert::item(r, Purpose::Cleanup)).collect();
+        let items: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| convert::item(r, Purpose::Cleanup))
+            .collect();
         let answers = self
             .verifier
             .verify_batch(&principal.carrier_id, job_id, &items, started, deadline)

@@ -19,13 +19,21 @@ const AUDITOR: &str = "urn:simverify:auditor:auditor-1";
 
 fn config(extra: &[simverify::config::PrincipalEntry]) -> Config {
     let mut cfg = Config::default();
-    cfg.principals = vec![principal(CARRIER, "carrier-a", Role::Carrier), principal(AUDITOR, "auditor-1", Role::Auditor)];
+    cfg.principals = vec![
+        principal(CARRIER, "carrier-a", Role::Carrier),
+        principal(AUDITOR, "auditor-1", Role::Auditor),
+    ];
     cfg.principals.extend(extra.iter().cloned());
     cfg
 }
 
 fn khai() -> simverify::proto::VerifyRequest {
-    request("001190012345", "Nguyễn Thị Minh Khai", "1990-05-17", Sex::Female)
+    request(
+        "001190012345",
+        "Nguyễn Thị Minh Khai",
+        "1990-05-17",
+        Sex::Female,
+    )
 }
 
 /// Connects and makes one call; a TLS rejection may surface at either step.
@@ -37,7 +45,10 @@ async fn call_with(
     let channel = tls_channel(addr, &pki.ca_path(), identity)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    VerificationClient::new(channel).verify(khai()).await.map(|r| r.into_inner())
+    VerificationClient::new(channel)
+        .verify(khai())
+        .await
+        .map(|r| r.into_inner())
 }
 
 async fn carrier_verifies_and_is_audited_as_itself(backend: Backend) {
@@ -62,8 +73,16 @@ async fn handshake_rejections(backend: Backend) {
     assert!(call_with(app.addr, &pki, Some(&rogue)).await.is_err());
     // An expired certificate from the right CA.
     let expired = simverify::pki::Validity {
-        not_before: simverify::domain::CivilDate { year: 2020, month: 1, day: 1 },
-        not_after: simverify::domain::CivilDate { year: 2021, month: 1, day: 1 },
+        not_before: simverify::domain::CivilDate {
+            year: 2020,
+            month: 1,
+            day: 1,
+        },
+        not_after: simverify::domain::CivilDate {
+            year: 2021,
+            month: 1,
+            day: 1,
+        },
     };
     let expired_id = pki.client_with(&pki.ca, "expired", CARRIER, expired);
     assert!(call_with(app.addr, &pki, Some(&expired_id)).await.is_err());
@@ -76,7 +95,9 @@ async fn unregistered_and_wrong_role(backend: Backend) {
     let pki = TestPki::new();
     let app = spawn_tls_app(backend, &pki, config(&[])).await;
     let stranger = pki.client("stranger", "urn:simverify:carrier:stranger");
-    let e = call_with(app.addr, &pki, Some(&stranger)).await.unwrap_err();
+    let e = call_with(app.addr, &pki, Some(&stranger))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let auditor = pki.client("auditor", AUDITOR);
     let e = call_with(app.addr, &pki, Some(&auditor)).await.unwrap_err();
@@ -96,17 +117,30 @@ async fn rate_limit_and_quota(backend: Backend) {
     let app = spawn_tls_app(backend, &pki, config(&[slow, capped, streamer])).await;
 
     let slow_id = pki.client("slow", "urn:simverify:carrier:slow");
-    let mut client = VerificationClient::new(tls_channel(app.addr, &pki.ca_path(), Some(&slow_id)).await.unwrap());
+    let mut client = VerificationClient::new(
+        tls_channel(app.addr, &pki.ca_path(), Some(&slow_id))
+            .await
+            .unwrap(),
+    );
     for _ in 0..3 {
         client.verify(khai()).await.unwrap();
     }
     let e = client.verify(khai()).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
-    let retry = e.get_error_details().retry_info().expect("RetryInfo").retry_delay.expect("delay");
+    let retry = e
+        .get_error_details()
+        .retry_info()
+        .expect("RetryInfo")
+        .retry_delay
+        .expect("delay");
     assert!(retry > Duration::from_secs(1), "{retry:?}");
 
     let capped_id = pki.client("capped", "urn:simverify:carrier:capped");
-    let mut client = VerificationClient::new(tls_channel(app.addr, &pki.ca_path(), Some(&capped_id)).await.unwrap());
+    let mut client = VerificationClient::new(
+        tls_channel(app.addr, &pki.ca_path(), Some(&capped_id))
+            .await
+            .unwrap(),
+    );
     client.verify(khai()).await.unwrap();
     client.verify(khai()).await.unwrap();
     let e = client.verify(khai()).await.unwrap_err();
@@ -116,11 +150,23 @@ async fn rate_limit_and_quota(backend: Backend) {
 
     // Streams are charged per item: 4 + 4 fit a burst of 10, the third batch does not.
     let streamer_id = pki.client("streamer", "urn:simverify:carrier:streamer");
-    let mut client = VerificationClient::new(tls_channel(app.addr, &pki.ca_path(), Some(&streamer_id)).await.unwrap());
+    let mut client = VerificationClient::new(
+        tls_channel(app.addr, &pki.ca_path(), Some(&streamer_id))
+            .await
+            .unwrap(),
+    );
     let batches: Vec<VerifyBatch> = (1..=3)
-        .map(|seq| VerifyBatch { batch_seq: seq, job_id: String::new(), requests: (0..4).map(|_| khai()).collect() })
+        .map(|seq| VerifyBatch {
+            batch_seq: seq,
+            job_id: String::new(),
+            requests: (0..4).map(|_| khai()).collect(),
+        })
         .collect();
-    let mut out = client.verify_stream(tokio_stream::iter(batches)).await.unwrap().into_inner();
+    let mut out = client
+        .verify_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
     let mut ok = 0;
     let err = loop {
         match out.next().await {

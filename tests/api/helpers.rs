@@ -289,14 +289,21 @@ impl TestPki {
         validity: simverify::pki::Validity,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
         let (cert, key) = ca.client(name, uri, validity).unwrap();
-        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
         (c, k)
     }
 }
 
-pub fn principal(subject: &str, id: &str, role: simverify::config::Role) -> simverify::config::PrincipalEntry {
+pub fn principal(
+    subject: &str,
+    id: &str,
+    role: simverify::config::Role,
+) -> simverify::config::PrincipalEntry {
     simverify::config::PrincipalEntry {
         subject: subject.into(),
         carrier_id: id.into(),
@@ -308,7 +315,11 @@ pub fn principal(subject: &str, id: &str, role: simverify::config::Role) -> simv
 }
 
 /// A gateway serving mutual TLS with `cfg`'s principals and limits.
-pub async fn spawn_tls_app(backend: Backend, pki: &TestPki, mut cfg: simverify::config::Config) -> TestApp {
+pub async fn spawn_tls_app(
+    backend: Backend,
+    pki: &TestPki,
+    mut cfg: simverify::config::Config,
+) -> TestApp {
     init_crypto();
     cfg.tls = Some(pki.tls());
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -316,7 +327,10 @@ pub async fn spawn_tls_app(backend: Backend, pki: &TestPki, mut cfg: simverify::
     let db = TestDb::new(backend).await;
     let store = Store::connect(&db.url).await.expect("connect store");
     import(&store, POPULATION).await;
-    let (verifier, tasks) = Verifier::start(test_hasher(), store.clone(), VerifierConfig::default()).await.unwrap();
+    let (verifier, tasks) =
+        Verifier::start(test_hasher(), store.clone(), VerifierConfig::default())
+            .await
+            .unwrap();
     let server = ServerConfig::from_config(&cfg).unwrap();
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();
@@ -324,7 +338,13 @@ pub async fn spawn_tls_app(backend: Backend, pki: &TestPki, mut cfg: simverify::
     let handle = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { addr, store, db, shutdown: Some(tx), handle: Some(handle) }
+    TestApp {
+        addr,
+        store,
+        db,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
 }
 
 /// A client channel over TLS to `addr`, presenting `identity` if given.
@@ -339,7 +359,10 @@ pub async fn tls_channel(
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
         .domain_name("localhost");
     if let Some((c, k)) = identity {
-        tls = tls.identity(Identity::from_pem(std::fs::read(c).unwrap(), std::fs::read(k).unwrap()));
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(c).unwrap(),
+            std::fs::read(k).unwrap(),
+        ));
     }
     Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
         .unwrap()

@@ -6,6 +6,7 @@ mod helpers;
 
 mod access;
 mod cli;
+mod hardening;
 mod privacy;
 mod store;
 mod stream;

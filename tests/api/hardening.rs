@@ -1,0 +1,288 @@
+//! Overload, deadlines, oversize messages, shutdown with work in flight, and
+//! reflection.
+
+use std::time::Duration;
+
+use simverify::config::{Config, Role};
+use simverify::proto::verification_client::VerificationClient;
+use simverify::proto::{Decision, Sex, VerifyBatch, VerifyBatchResult};
+use sqlx::Connection;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp, TestPki, principal, spawn_app, spawn_tls_app, tls_channel};
+use crate::verify::request;
+
+const CARRIER: &str = "urn:simverify:carrier:carrier-a";
+
+fn khai() -> simverify::proto::VerifyRequest {
+    request(
+        "001190012345",
+        "Nguyễn Thị Minh Khai",
+        "1990-05-17",
+        Sex::Female,
+    )
+}
+
+/// Holds a lock that stops the audit writer from committing until dropped.
+enum AuditBlocker {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl AuditBlocker {
+    async fn hold(app: &TestApp) -> Self {
+        match app.db.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Sqlite(c)
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                Self::Postgres(c)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            Self::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn tls_app(backend: Backend, pki: &TestPki, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut cfg = Config::default();
+    cfg.principals = vec![principal(CARRIER, "carrier-a", Role::Carrier)];
+    tweak(&mut cfg);
+    spawn_tls_app(backend, pki, cfg).await
+}
+
+async fn overload_is_shed_at_once(backend: Backend) {
+    let pki = TestPki::new();
+    let app = tls_app(backend, &pki, |c| c.server.max_concurrent_requests = 1).await;
+    let id = pki.client("carrier-a", CARRIER);
+    let channel = tls_channel(app.addr, &pki.ca_path(), Some(&id))
+        .await
+        .unwrap();
+    let blocker = AuditBlocker::hold(&app).await;
+    let mut first = VerificationClient::new(channel.clone());
+    let in_flight = tokio::spawn(async move { first.verify(khai()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let e = VerificationClient::new(channel.clone())
+        .verify(khai())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.get_error_details().retry_info().is_some());
+    // Shed, not queued behind the blocked request.
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    blocker.release().await;
+    let r = in_flight.await.unwrap().unwrap().into_inner();
+    assert_eq!(r.decision(), Decision::Verified);
+    let r = VerificationClient::new(channel)
+        .verify(khai())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision(), Decision::Verified);
+    assert_eq!(app.store.audit_count().await.unwrap(), 2);
+    app.stop().await;
+}
+
+async fn expired_deadlines_are_not_audited_as_answered(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let blocker = AuditBlocker::hold(&app).await;
+    let mut first = VerificationClient::new(channel.clone());
+    let blocked = tokio::spawn(async move { first.verify(khai()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut late = tonic::Request::new(khai());
+    late.set_timeout(Duration::from_millis(300));
+    let e = VerificationClient::new(channel.clone())
+        .verify(late)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+
+    blocker.release().await;
+    blocked.await.unwrap().unwrap();
+    // Audit commits are in submission order: once this one is durable, the
+    // late request's records have been dealt with too.
+    VerificationClient::new(channel)
+        .verify(khai())
+        .await
+        .unwrap();
+    assert_eq!(app.store.audit_count().await.unwrap(), 2);
+    app.stop().await;
+}
+
+async fn oversize_messages_get_a_clear_error(backend: Backend) {
+    let pki = TestPki::new();
+    let app = tls_app(backend, &pki, |c| c.server.max_message_bytes = 4096).await;
+    let id = pki.client("carrier-a", CARRIER);
+    let mut client = VerificationClient::new(
+        tls_channel(app.addr, &pki.ca_path(), Some(&id))
+            .await
+            .unwrap(),
+    );
+    let mut big = khai();
+    big.full_name = "Nguyễn ".repeat(1000);
+    let e = client.verify(big).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    assert!(e.message().contains("too large"), "{}", e.message());
+    // A long name under the message limit is an INVALID_ARGUMENT on the field.
+    let mut long = khai();
+    long.full_name = "a".repeat(700);
+    let e = client.verify(long).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations[0]
+            .reason,
+        "TOO_LONG"
+    );
+    // The connection survives both.
+    assert_eq!(
+        client.verify(khai()).await.unwrap().into_inner().decision(),
+        Decision::Verified
+    );
+    app.stop().await;
+}
+
+async fn shutdown_finishes_in_flight_work(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut client = app.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<VerifyBatch>(4);
+    let mut results = client
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let feeder = tokio::spawn(async move {
+        for seq in 0..20 {
+            let batch = VerifyBatch {
+                batch_seq: seq,
+                job_id: "drain".into(),
+                requests: (0..50).map(|_| khai()).collect(),
+            };
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let first: VerifyBatchResult = results.next().await.unwrap().unwrap();
+    let url = app.db.url.clone();
+    // Ask the server to stop while the stream is still being fed.
+    let stopping = tokio::spawn(app.stop());
+    let mut got = vec![first];
+    while let Some(r) = results.next().await {
+        got.push(r.unwrap());
+    }
+    feeder.await.unwrap();
+    let _db = stopping.await.unwrap();
+    assert_eq!(
+        got.len(),
+        20,
+        "every batch sent before the stream closed is answered"
+    );
+    let store = simverify::store::Store::connect(&url).await.unwrap();
+    for r in got.iter().flat_map(|b| &b.results) {
+        assert!(
+            store.audit_by_id(&r.audit_id).await.unwrap().is_some(),
+            "answer without audit record"
+        );
+    }
+    assert_eq!(store.audit_count().await.unwrap(), 1000);
+    store.close().await;
+}
+
+async fn reflection_lists_services_and_error_details(backend: Backend) {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let app = spawn_app(backend).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let reqs = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "google.rpc.BadRequest".into(),
+            )),
+        },
+    ];
+    let mut out = client
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let MessageResponse::ListServicesResponse(list) =
+        out.next().await.unwrap().unwrap().message_response.unwrap()
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["simverify.v1.Verification", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let r = out.next().await.unwrap().unwrap().message_response.unwrap();
+    assert!(
+        matches!(r, MessageResponse::FileDescriptorResponse(_)),
+        "{r:?}"
+    );
+    app.stop().await;
+}
+
+both_backends!(
+    overload_is_shed_at_once,
+    expired_deadlines_are_not_audited_as_answered,
+    oversize_messages_get_a_clear_error,
+    shutdown_finishes_in_flight_work,
+    reflection_lists_services_and_error_details,
+);
