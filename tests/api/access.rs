@@ -18,13 +18,15 @@ const CARRIER: &str = "urn:simverify:carrier:carrier-a";
 const AUDITOR: &str = "urn:simverify:auditor:auditor-1";
 
 fn config(extra: &[simverify::config::PrincipalEntry]) -> Config {
-    let mut cfg = Config::default();
-    cfg.principals = vec![
+    let mut principals = vec![
         principal(CARRIER, "carrier-a", Role::Carrier),
         principal(AUDITOR, "auditor-1", Role::Auditor),
     ];
-    cfg.principals.extend(extra.iter().cloned());
-    cfg
+    principals.extend(extra.iter().cloned());
+    Config {
+        principals,
+        ..Config::default()
+    }
 }
 
 fn khai() -> simverify::proto::VerifyRequest {

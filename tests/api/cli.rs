@@ -13,7 +13,7 @@ fn simverify(data_dir: &Path, db: &TestDb) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SIMVERIFY__DATA_DIR", data_dir)
         .env("SIMVERIFY__DATABASE_URL", &db.url)
-        .env("SIMVERIFY__LOG", "info");
+        .env("SIMVERIFY__LOG", "debug");
     c
 }
 
@@ -252,7 +252,133 @@ async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `simverify serve` running?"));
 }
 
+/// Starts `simverify serve` with `args`; returns the process, its address
+/// and a thread collecting the rest of its log.
+fn start_server(
+    cmd: &mut Command,
+) -> (
+    Server,
+    String,
+    std::thread::JoinHandle<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited early").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1)
+            && line.contains("gateway ready")
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l.clone());
+            all.push(l);
+        }
+        all.join("\n")
+    });
+    (server, addr, log, rx)
+}
+
+async fn certificates_reload_on_sighup(backend: Backend) {
+    use crate::helpers::{TestPki, tls_channel};
+    use simverify::proto::verification_client::VerificationClient;
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let pki = TestPki::new();
+    let uri = "urn:simverify:carrier:carrier-a";
+    let old_id = pki.client("carrier-a", uri);
+    let tls = pki.tls();
+    let config = db.dir.path().join("simverify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[[principals]]\nsubject = {uri:?}\ncarrier_id = \"carrier-a\"\nrole = \"carrier\"\n",
+            tls.cert, tls.key, tls.client_ca
+        ),
+    )
+    .unwrap();
+    let (mut server, addr, log, lines) =
+        start_server(simverify(&dir, &db).arg("--config").arg(&config).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let req = crate::verify::request(
+        "001190012345",
+        "Nguyễn Thị Minh Khai",
+        "1990-05-17",
+        simverify::proto::Sex::Female,
+    );
+    let old_ca = db.dir.path().join("old-ca.pem");
+    std::fs::copy(pki.ca_path(), &old_ca).unwrap();
+    let mut open =
+        VerificationClient::new(tls_channel(addr, &old_ca, Some(&old_id)).await.unwrap());
+    open.verify(req.clone()).await.unwrap();
+
+    // Rotate everything to a new CA, in place, and signal.
+    let new_ca = simverify::pki::Ca::new("rotated CA", pki.validity).unwrap();
+    let (cert, key) = new_ca.server(&["localhost"], pki.validity).unwrap();
+    std::fs::write(&tls.cert, cert).unwrap();
+    std::fs::write(&tls.key, key).unwrap();
+    std::fs::write(&tls.client_ca, &new_ca.cert_pem).unwrap();
+    let new_id = pki.client_with(&new_ca, "carrier-a-new", uri, pki.validity);
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let l = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("no reload message");
+        if l.contains("tls certificates reloaded") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reload message");
+    }
+    // The established connection is untouched.
+    open.verify(req.clone()).await.unwrap();
+    // New connections need the new chain on both sides.
+    let stale = match tls_channel(addr, &old_ca, Some(&old_id)).await {
+        Ok(c) => VerificationClient::new(c)
+            .verify(req.clone())
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(stale, "old certificates still accepted after reload");
+    let mut fresh = VerificationClient::new(
+        tls_channel(addr, &tls.client_ca, Some(&new_id))
+            .await
+            .unwrap(),
+    );
+    fresh.verify(req).await.unwrap();
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.0.wait().unwrap().success());
+    drop(log.join());
+}
+
 both_backends!(
+    certificates_reload_on_sighup,
     import_reports_bad_rows_and_is_idempotent,
     a_file_without_required_columns_is_refused,
     serve_verify_and_stop,

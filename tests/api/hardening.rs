@@ -68,8 +68,10 @@ impl AuditBlocker {
 }
 
 async fn tls_app(backend: Backend, pki: &TestPki, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let mut cfg = Config::default();
-    cfg.principals = vec![principal(CARRIER, "carrier-a", Role::Carrier)];
+    let mut cfg = Config {
+        principals: vec![principal(CARRIER, "carrier-a", Role::Carrier)],
+        ..Config::default()
+    };
     tweak(&mut cfg);
     spawn_tls_app(backend, pki, cfg).await
 }

@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod hardening;
 mod privacy;
+mod python;
 mod store;
 mod stream;
 mod verify;
