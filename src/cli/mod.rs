@@ -1,6 +1,7 @@
 //! The `simverify` command line. Each subcommand validates its arguments into
 //! typed values before doing any work; `main` maps [`CliError`] to exit codes.
 
+mod batch;
 mod client;
 mod r#gen;
 mod mirror;
@@ -117,6 +118,9 @@ pub enum Command {
     /// Generate synthetic data for demos, tests and benchmarks.
     #[command(subcommand)]
     Gen(r#gen::GenCommand),
+    /// SIM-cleanup jobs: verify a whole subscriber file, resumably.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Development certificates for mutual TLS.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -140,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Mirror(c) => mirror::run(&cfg, c).await,
         Command::Gen(c) => r#gen::run(c),
         Command::Pki(c) => pki::run(&cfg, c),
+        Command::Batch(c) => batch::run(&cfg, c).await,
         Command::Config(ConfigCommand::Check) => config_check(&cfg),
     }
 }

@@ -160,6 +160,12 @@ fn write_file(
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
+    shutdown_signal_quiet().await;
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Resolves on Ctrl-C or SIGTERM, silently.
+pub async fn shutdown_signal_quiet() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -178,5 +184,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }

@@ -194,6 +194,12 @@ impl TestApp {
 pub struct AppOptions {
     pub max_batch_items: usize,
     pub watch_interval: Duration,
+    /// Population CSV imported before serving.
+    pub population: String,
+    /// Fixed address, e.g. to start a gateway on a port a client already uses.
+    pub listen: SocketAddr,
+    /// An existing database to serve (instead of a fresh one).
+    pub db: Option<TestDb>,
 }
 
 impl Default for AppOptions {
@@ -201,6 +207,9 @@ impl Default for AppOptions {
         Self {
             max_batch_items: 100,
             watch_interval: Duration::from_millis(100),
+            population: POPULATION.to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: None,
         }
     }
 }
@@ -210,9 +219,15 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
-    let db = TestDb::new(backend).await;
+    let fresh = opts.db.is_none();
+    let db = match opts.db {
+        Some(db) => db,
+        None => TestDb::new(backend).await,
+    };
     let store = Store::connect(&db.url).await.expect("connect store");
-    import(&store, POPULATION).await;
+    if fresh {
+        import(&store, &opts.population).await;
+    }
     let cfg = VerifierConfig {
         watch_interval: opts.watch_interval,
         ..VerifierConfig::default()
@@ -222,7 +237,7 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         .unwrap();
     let server = ServerConfig {
         max_batch_items: opts.max_batch_items,
-        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap())
+        ..ServerConfig::plaintext(opts.listen)
     };
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();

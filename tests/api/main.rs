@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod batch;
 mod cli;
 mod hardening;
 mod privacy;

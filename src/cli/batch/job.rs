@@ -1,0 +1,694 @@
+//! Running a cleanup job: read the subscriber file in chunks, validate rows
+//! locally, stream the valid ones through VerifyStream with a bounded window,
+//! and write results in input order with durable checkpoints.
+//!
+//! Durability: results are appended to the output; every few seconds the
+//! output is fsynced and then a checkpoint (rows done, output length) is
+//! atomically replaced. Resuming truncates the output to the checkpoint's
+//! length and skips that many input rows, so every row appears exactly once
+//! however the previous run ended. Rows that were in flight when it ended
+//! are sent again; their audit records may then exist twice, never zero
+//! times.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use super::report::OUTPUT_COLUMNS;
+use crate::cli::CliError;
+use crate::domain::{CitizenId, RawRequest, Sex, VerifyInput};
+use crate::grpc::convert;
+use crate::proto as pb;
+
+pub const REQUIRED_INPUT: [&str; 5] = ["msisdn", "id_number", "full_name", "date_of_birth", "sex"];
+
+/// Where each needed column is in the input.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    pub count: usize,
+    msisdn: usize,
+    id: usize,
+    name: usize,
+    dob: usize,
+    sex: usize,
+    request_id: Option<usize>,
+    /// Columns we do not use, for the warning.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the header; a missing required column stops the job before anything is sent.
+pub fn inspect_header(path: &Path) -> Result<Columns, CliError> {
+    let file = File::open(path)
+        .map_err(|e| CliError::Usage(format!("input: cannot open {}: {e}", path.display())))?;
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+    let header = rdr
+        .byte_headers()
+        .map_err(|e| CliError::Data(format!("{}: cannot read the header: {e}", path.display())))?;
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let find = |c: &str| names.iter().position(|n| n == c);
+    for c in REQUIRED_INPUT {
+        if find(c).is_none() {
+            return Err(CliError::Data(format!(
+                "{}: the header lacks the column `{c}` (expected {})",
+                path.display(),
+                REQUIRED_INPUT.join(",")
+            )));
+        }
+    }
+    let known = |n: &String| REQUIRED_INPUT.contains(&n.as_str()) || n == "request_id";
+    Ok(Columns {
+        count: names.len(),
+        msisdn: find("msisdn").expect("checked"),
+        id: find("id_number").expect("checked"),
+        name: find("full_name").expect("checked"),
+        dob: find("date_of_birth").expect("checked"),
+        sex: find("sex").expect("checked"),
+        request_id: find("request_id"),
+        ignored: names.iter().filter(|n| !known(n)).cloned().collect(),
+    })
+}
+
+/// Identifies the input a checkpoint belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFingerprint {
+    pub size: u64,
+    /// SHA-256 of the first MiB.
+    pub head: String,
+}
+
+impl InputFingerprint {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let mut f = File::open(path)?;
+        let size = f.metadata()?.len();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while n < buf.len() {
+            let k = f.read(&mut buf[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        Ok(Self {
+            size,
+            head: hex::encode(Sha256::digest(&buf[..n])),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub job_id: String,
+    pub input: InputFingerprint,
+    /// Input rows whose results are in the output.
+    pub rows_done: u64,
+    /// Length of the output holding exactly those rows.
+    pub output_bytes: u64,
+    pub completed: bool,
+    pub decisions: BTreeMap<String, u64>,
+}
+
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push(".checkpoint");
+    PathBuf::from(s)
+}
+
+impl Checkpoint {
+    pub fn load(output: &Path) -> Result<Option<Self>, CliError> {
+        let path = checkpoint_path(output);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                CliError::Data(format!(
+                    "{}: unreadable checkpoint ({e}); use --force to start over",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CliError::Internal(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Replaces the checkpoint atomically (write, fsync, rename).
+    pub fn store(&self, output: &Path) -> Result<(), CliError> {
+        let path = checkpoint_path(output);
+        let tmp = path.with_extension("checkpoint.tmp");
+        let io =
+            |e: std::io::Error| CliError::Internal(format!("cannot write {}: {e}", path.display()));
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("serialisable"))
+            .map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        // The rename itself must survive a crash too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Groups lines of one person without writing the ID: a fingerprint salted
+/// with the job id.
+pub fn id_ref(job_id: &str, id: &CitizenId) -> String {
+    let mut h = Sha256::new();
+    h.update(b"simverify id_ref\0");
+    h.update(job_id.as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+enum Entry {
+    /// Refused locally: written without asking the gateway.
+    Local {
+        row: u64,
+        msisdn: String,
+        request_id: String,
+        error: String,
+        id_ref: String,
+    },
+    /// Sent; its answer comes back in the chunk's batch result.
+    Remote {
+        row: u64,
+        msisdn: String,
+        request_id: String,
+        id_ref: String,
+    },
+}
+
+struct Chunk {
+    seq: u64,
+    entries: Vec<Entry>,
+    batch: Option<pb::VerifyBatch>,
+}
+
+pub struct JobSpec {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub columns: Columns,
+    pub job_id: String,
+    pub batch_size: usize,
+    pub window: usize,
+}
+
+/// Why an attempt ended early.
+pub enum Stop {
+    /// Worth retrying after `after` (connection lost, overload, quota).
+    Transient {
+        reason: String,
+        after: Option<Duration>,
+    },
+    Fatal(CliError),
+    Interrupted,
+}
+
+fn classify(status: &tonic::Status) -> Stop {
+    let after = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    match status.code() {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::Unimplemented
+        | Code::OutOfRange
+        | Code::NotFound
+        | Code::AlreadyExists => Stop::Fatal(CliError::Data(format!(
+            "the gateway refused the job ({:?}): {}",
+            status.code(),
+            status.message()
+        ))),
+        code => Stop::Transient {
+            reason: format!("{code:?}: {}", status.message()),
+            after,
+        },
+    }
+}
+
+/// Reads input rows after `skip`, validates them and groups them into chunks.
+fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>>) {
+    let today = crate::clock::today_vn();
+    let cols = &spec.columns;
+    let file = match File::open(&spec.input) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(format!("cannot open {}: {e}", spec.input.display())));
+            return;
+        }
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut rec = csv::ByteRecord::new();
+    let mut row = 0u64;
+    // batch_seq only needs to be unique within one stream.
+    let mut seq = 0u64;
+    let mut entries = Vec::with_capacity(spec.batch_size);
+    let mut requests = Vec::with_capacity(spec.batch_size);
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("cannot read {}: {e}", spec.input.display())));
+                return;
+            }
+        }
+        row += 1;
+        if row <= skip {
+            continue;
+        }
+        let text = |i: usize| std::str::from_utf8(rec.get(i).unwrap_or_default());
+        let msisdn_raw =
+            String::from_utf8_lossy(rec.get(cols.msisdn).unwrap_or_default()).into_owned();
+        let request_id = match cols.request_id.map(text) {
+            Some(Ok(r)) if !r.is_empty() => r.to_owned(),
+            _ => format!("{}-{row}", spec.job_id),
+        };
+        let local = |error: String, id_ref: String| Entry::Local {
+            row,
+            msisdn: msisdn_raw.clone(),
+            request_id: request_id.clone(),
+            error,
+            id_ref,
+        };
+        let entry = if rec.len() != cols.count {
+            local(
+                format!(
+                    "row: has {} fields; the header has {}",
+                    rec.len(),
+                    cols.count
+                ),
+                String::new(),
+            )
+        } else {
+            match (
+                text(cols.msisdn),
+                text(cols.id),
+                text(cols.name),
+                text(cols.dob),
+                text(cols.sex),
+            ) {
+                (Ok(msisdn), Ok(id), Ok(name), Ok(dob), Ok(sex)) => {
+                    let id_ref = CitizenId::parse(id)
+                        .map(|i| id_ref(&spec.job_id, &i))
+                        .unwrap_or_default();
+                    let sex_claim = match sex.trim() {
+                        "" => Ok(None),
+                        s => Sex::parse(s).map(Some).ok_or(()),
+                    };
+                    let raw = RawRequest {
+                        request_id: &request_id,
+                        msisdn,
+                        id_number: id,
+                        full_name: name,
+                        date_of_birth: dob,
+                        sex: sex_claim.unwrap_or(None),
+                        consent_ref: None,
+                    };
+                    let mut errors: Vec<String> = match VerifyInput::parse(&raw, today) {
+                        Ok(_) => Vec::new(),
+                        Err(v) => v.iter().map(|v| format!("{v} [{}]", v.code)).collect(),
+                    };
+                    if sex_claim.is_err() {
+                        errors.push("sex: must be M or F [BAD_SEX]".into());
+                    }
+                    if errors.is_empty() {
+                        requests.push(pb::VerifyRequest {
+                            request_id: request_id.clone(),
+                            msisdn: msisdn.to_owned(),
+                            id_number: id.to_owned(),
+                            full_name: name.to_owned(),
+                            date_of_birth: dob.to_owned(),
+                            sex: convert::sex_to_pb(raw.sex) as i32,
+                            purpose: pb::Purpose::Cleanup as i32,
+                            consent_ref: None,
+                        });
+                        Entry::Remote {
+                            row,
+                            msisdn: msisdn_raw.clone(),
+                            request_id: request_id.clone(),
+                            id_ref,
+                        }
+                    } else {
+                        local(errors.join("; "), id_ref)
+                    }
+                }
+                _ => local(
+                    "row: is not valid UTF-8 [INVALID_UTF8]".into(),
+                    String::new(),
+                ),
+            }
+        };
+        entries.push(entry);
+        if entries.len() == spec.batch_size {
+            seq += 1;
+            let chunk = make_chunk(
+                seq,
+                &spec.job_id,
+                &mut entries,
+                &mut requests,
+                spec.batch_size,
+            );
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return;
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let chunk = make_chunk(
+            seq + 1,
+            &spec.job_id,
+            &mut entries,
+            &mut requests,
+            spec.batch_size,
+        );
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+}
+
+fn make_chunk(
+    seq: u64,
+    job_id: &str,
+    entries: &mut Vec<Entry>,
+    requests: &mut Vec<pb::VerifyRequest>,
+    cap: usize,
+) -> Chunk {
+    let batch = (!requests.is_empty()).then(|| pb::VerifyBatch {
+        batch_seq: seq,
+        job_id: job_id.to_owned(),
+        requests: std::mem::replace(requests, Vec::with_capacity(cap)),
+    });
+    Chunk {
+        seq,
+        entries: std::mem::replace(entries, Vec::with_capacity(cap)),
+        batch,
+    }
+}
+
+/// Output writer with the bookkeeping a checkpoint needs.
+pub struct Output {
+    path: PathBuf,
+    csv: csv::Writer<BufWriter<File>>,
+    pub cp: Checkpoint,
+    last_sync: Instant,
+}
+
+impl Output {
+    /// Opens the output for `cp`: truncated to the checkpoint's length, or
+    /// created with a header when starting afresh.
+    pub fn open(path: &Path, mut cp: Checkpoint) -> Result<Self, CliError> {
+        let io =
+            |e: std::io::Error| CliError::Internal(format!("cannot write {}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let fresh = cp.output_bytes == 0;
+        file.set_len(cp.output_bytes).map_err(io)?;
+        file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(BufWriter::with_capacity(1 << 20, file));
+        if fresh {
+            csv.write_record(OUTPUT_COLUMNS)
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            csv.flush().map_err(io)?;
+            cp.output_bytes = csv.get_ref().get_ref().metadata().map_err(io)?.len();
+            cp.rows_done = 0;
+        }
+        let mut out = Self {
+            path: path.to_path_buf(),
+            csv,
+            cp,
+            last_sync: Instant::now(),
+        };
+        out.sync()?;
+        Ok(out)
+    }
+
+    fn write(&mut self, fields: &[&str]) -> Result<(), CliError> {
+        self.csv
+            .write_record(fields)
+            .map_err(|e| CliError::Internal(format!("cannot write {}: {e}", self.path.display())))
+    }
+
+    /// Makes everything written durable, then records it in the checkpoint.
+    pub fn sync(&mut self) -> Result<(), CliError> {
+        let io = |e: std::io::Error| CliError::Internal(format!("cannot write results: {e}"));
+        self.csv.flush().map_err(io)?;
+        let f = self.csv.get_ref().get_ref();
+        f.sync_data().map_err(io)?;
+        self.cp.output_bytes = f.metadata().map_err(io)?.len();
+        self.cp.store(&self.path)?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn maybe_sync(&mut self) -> Result<(), CliError> {
+        if self.last_sync.elapsed() >= Duration::from_secs(2) {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn local(
+        &mut self,
+        row: u64,
+        msisdn: &str,
+        request_id: &str,
+        error: &str,
+        id_ref: &str,
+    ) -> Result<(), CliError> {
+        let row_s = row.to_string();
+        self.write(&[
+            &row_s,
+            msisdn,
+            request_id,
+            "INVALID",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "CORRECT_INPUT",
+            "INVALID_INPUT",
+            "",
+            error,
+            id_ref,
+        ])?;
+        self.count("INVALID", row)
+    }
+
+    fn answer(
+        &mut self,
+        row: u64,
+        msisdn: &str,
+        id_ref: &str,
+        r: &pb::VerifyResponse,
+    ) -> Result<(), CliError> {
+        let decision = convert::decision_name(r.decision);
+        let tier = if r.name_tier == 0 {
+            ""
+        } else {
+            convert::tier_name(r.name_tier)
+        };
+        let score = if r.name_tier == 0 {
+            String::new()
+        } else {
+            r.name_score.to_string()
+        };
+        let error = r
+            .violations
+            .iter()
+            .map(|v| format!("{}: {} [{}]", v.field, v.description, v.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let row_s = row.to_string();
+        self.write(&[
+            &row_s,
+            msisdn,
+            &r.request_id,
+            decision,
+            convert::field_name(r.id_number),
+            convert::field_name(r.full_name),
+            convert::field_name(r.date_of_birth),
+            convert::field_name(r.sex),
+            tier,
+            &score,
+            convert::action_name(r.recommended_action),
+            &r.reasons.join(";"),
+            &r.audit_id,
+            &error,
+            id_ref,
+        ])?;
+        self.count(decision, row)
+    }
+
+    fn count(&mut self, decision: &str, row: u64) -> Result<(), CliError> {
+        *self.cp.decisions.entry(decision.to_owned()).or_default() += 1;
+        self.cp.rows_done = row;
+        Ok(())
+    }
+}
+
+/// Runs one attempt: from the checkpoint to the end of the input, or until
+/// something stops it. The output is synced before returning either way.
+pub async fn attempt(
+    spec: &JobSpec,
+    out: &mut Output,
+    channel: tonic::transport::Channel,
+    cancel: &mut watch::Receiver<bool>,
+    progress: &dyn Fn(&Checkpoint),
+) -> Result<(), Stop> {
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Chunk, String>>(spec.window);
+    let skip = out.cp.rows_done;
+    let reader_spec = JobSpec {
+        input: spec.input.clone(),
+        output: spec.output.clone(),
+        columns: spec.columns.clone(),
+        job_id: spec.job_id.clone(),
+        batch_size: spec.batch_size,
+        window: spec.window,
+    };
+    let reader = tokio::task::spawn_blocking(move || read_chunks(&reader_spec, skip, chunk_tx));
+
+    let (batch_tx, batch_rx) = mpsc::channel::<pb::VerifyBatch>(spec.window);
+    let mut client = pb::verification_client::VerificationClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut results = match client
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(batch_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err(classify(&s)),
+    };
+
+    // Chunks sent and not yet written, oldest first.
+    let mut pending: VecDeque<Chunk> = VecDeque::new();
+    let mut input_done = false;
+    let mut batch_tx = Some(batch_tx);
+    macro_rules! or_stop {
+        ($l:lifetime, $e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => break $l Err(Stop::Fatal(e)),
+            }
+        };
+    }
+    let outcome: Result<(), Stop> = 'main: loop {
+        // Write every chunk at the head that needs no answer.
+        while pending.front().is_some_and(|c| c.batch.is_none()) {
+            let c = pending.pop_front().expect("checked");
+            for e in &c.entries {
+                if let Entry::Local {
+                    row,
+                    msisdn,
+                    request_id,
+                    error,
+                    id_ref,
+                } = e
+                {
+                    or_stop!('main, out.local(*row, msisdn, request_id, error, id_ref));
+                }
+            }
+        }
+        if input_done && pending.is_empty() {
+            break Ok(());
+        }
+        let awaiting = pending.iter().filter(|c| c.batch.is_some()).count();
+        tokio::select! {
+            biased;
+            _ = cancel.changed() => break Err(Stop::Interrupted),
+            next = chunk_rx.recv(), if !input_done && awaiting < spec.window => match next {
+                None => {
+                    input_done = true;
+                    batch_tx = None;
+                }
+                Some(Err(e)) => break Err(Stop::Fatal(CliError::Data(e))),
+                Some(Ok(mut chunk)) => {
+                    if let Some(batch) = chunk.batch.take() {
+                        // Keep a marker that an answer is due; the requests
+                        // themselves are no longer needed here.
+                        chunk.batch = Some(pb::VerifyBatch { batch_seq: batch.batch_seq, ..Default::default() });
+                        let Some(tx) = &batch_tx else { unreachable!("input not done") };
+                        if tx.send(batch).await.is_err() {
+                            break Err(Stop::Transient { reason: "the stream closed".into(), after: None });
+                        }
+                    }
+                    pending.push_back(chunk);
+                }
+            },
+            answer = results.next(), if awaiting > 0 => match answer {
+                None => break Err(Stop::Transient { reason: "the gateway closed the stream".into(), after: None }),
+                Some(Err(status)) => break Err(classify(&status)),
+                Some(Ok(result)) => {
+                    let chunk = pending.pop_front().expect("an answer is due");
+                    if result.batch_seq != chunk.seq {
+                        break Err(Stop::Fatal(CliError::Internal(format!(
+                            "the gateway answered batch {} when {} was due", result.batch_seq, chunk.seq
+                        ))));
+                    }
+                    let mut answers = result.results.iter();
+                    for e in &chunk.entries {
+                        match e {
+                            Entry::Local { row, msisdn, request_id, error, id_ref } => {
+                                or_stop!('main, out.local(*row, msisdn, request_id, error, id_ref));
+                            }
+                            Entry::Remote { row, msisdn, request_id, id_ref } => {
+                                let Some(a) = answers.next().filter(|a| &a.request_id == request_id) else {
+                                    break;
+                                };
+                                or_stop!('main, out.answer(*row, msisdn, id_ref, a));
+                            }
+                        }
+                    }
+                    if out.cp.rows_done != chunk.entries.last().map_or(0, |e| match e {
+                        Entry::Local { row, .. } | Entry::Remote { row, .. } => *row,
+                    }) {
+                        break Err(Stop::Fatal(CliError::Internal(
+                            "the gateway's answers do not match the requests sent".into(),
+                        )));
+                    }
+                    or_stop!('main, out.maybe_sync());
+                    progress(&out.cp);
+                }
+            },
+        }
+    };
+    drop(batch_tx);
+    drop(chunk_rx);
+    let _ = reader.await;
+    out.sync().map_err(Stop::Fatal)?;
+    progress(&out.cp);
+    outcome
+}

@@ -1,0 +1,289 @@
+//! The cleanup report, computed from a results file alone so that
+//! `simverify batch report` can rebuild it at any time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+
+use serde::Serialize;
+
+use crate::domain::msisdn::{Msisdn, PrefixCarrier};
+
+/// Results columns, in order. `id_ref` (added after the columns the operator
+/// reads) groups lines of the same person without revealing the ID.
+pub const OUTPUT_COLUMNS: [&str; 15] = [
+    "row",
+    "msisdn",
+    "request_id",
+    "decision",
+    "id_number_result",
+    "full_name_result",
+    "date_of_birth_result",
+    "sex_result",
+    "name_tier",
+    "name_score",
+    "recommended_action",
+    "reasons",
+    "audit_id",
+    "error",
+    "id_ref",
+];
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PrefixCount {
+    pub carrier: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SharedId {
+    pub lines: usize,
+    pub rows: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_number: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub rows: u64,
+    pub decisions: BTreeMap<String, u64>,
+    /// Rows where the field was checked and did not match.
+    pub failed_fields: BTreeMap<String, u64>,
+    pub recommended_actions: BTreeMap<String, u64>,
+    /// By national prefix (e.g. "098"); "invalid" for unusable numbers.
+    pub msisdn_prefixes: BTreeMap<String, PrefixCount>,
+    /// Lines whose name differs from the mirror only in diacritics: records
+    /// to fix, not lines to lock.
+    pub diacritics_only_rows: Vec<u64>,
+    pub max_lines_per_id: usize,
+    /// Identities on more than `max_lines_per_id` lines.
+    pub shared_ids: Vec<SharedId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot read the results: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("the results file lacks the column `{0}`")]
+    MissingColumn(&'static str),
+}
+
+const FIELDS: [(&str, &str); 4] = [
+    ("id_number_result", "id_number"),
+    ("full_name_result", "full_name"),
+    ("date_of_birth_result", "date_of_birth"),
+    ("sex_result", "sex"),
+];
+
+/// Builds the report from a results CSV. Memory grows by 8 bytes per row
+/// (the `id_ref` fingerprints, sorted to find shared identities).
+pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, ReportError> {
+    let mut rdr = csv::Reader::from_reader(results);
+    let header = rdr.headers()?.clone();
+    let col = |name: &'static str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or(ReportError::MissingColumn(name))
+    };
+    let (c_row, c_msisdn, c_decision, c_tier, c_action, c_ref) = (
+        col("row")?,
+        col("msisdn")?,
+        col("decision")?,
+        col("name_tier")?,
+        col("recommended_action")?,
+        col("id_ref")?,
+    );
+    let field_cols: Vec<(usize, &str)> = FIELDS
+        .iter()
+        .map(|(c, f)| col(c).map(|i| (i, *f)))
+        .collect::<Result<_, _>>()?;
+
+    let mut r = Report {
+        max_lines_per_id,
+        ..Report::default()
+    };
+    let mut refs: Vec<(u64, u64)> = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec?;
+        r.rows += 1;
+        let row: u64 = rec[c_row].parse().unwrap_or(r.rows);
+        *r.decisions.entry(rec[c_decision].to_owned()).or_default() += 1;
+        for &(i, f) in &field_cols {
+            if &rec[i] == "MISMATCH" {
+                *r.failed_fields.entry(f.to_owned()).or_default() += 1;
+            }
+        }
+        if !rec[c_action].is_empty() {
+            *r.recommended_actions
+                .entry(rec[c_action].to_owned())
+                .or_default() += 1;
+        }
+        let prefix = match Msisdn::parse(&rec[c_msisdn]) {
+            Ok(m) => (m.national_prefix(), m.prefix_carrier()),
+            Err(_) => ("invalid".to_owned(), PrefixCarrier::Viettel),
+        };
+        let entry = r.msisdn_prefixes.entry(prefix.0.clone()).or_default();
+        if entry.carrier.is_empty() {
+            entry.carrier = if prefix.0 == "invalid" {
+                "-".into()
+            } else {
+                prefix.1.as_str().into()
+            };
+        }
+        entry.rows += 1;
+        if &rec[c_tier] == "DIACRITICS_ONLY" {
+            r.diacritics_only_rows.push(row);
+        }
+        if let Ok(fp) = u64::from_str_radix(&rec[c_ref], 16) {
+            refs.push((fp, row));
+        }
+    }
+    refs.sort_unstable();
+    for group in refs.chunk_by(|a, b| a.0 == b.0) {
+        if group.len() > max_lines_per_id {
+            r.shared_ids.push(SharedId {
+                lines: group.len(),
+                rows: group.iter().map(|&(_, row)| row).collect(),
+                id_number: None,
+            });
+        }
+    }
+    r.shared_ids
+        .sort_by(|a, b| b.lines.cmp(&a.lines).then(a.rows.cmp(&b.rows)));
+    Ok(r)
+}
+
+/// Fills in the ID numbers of shared identities from the input file (only
+/// for `--show-ids`).
+pub fn attach_ids<R: Read>(report: &mut Report, input: R) -> Result<(), ReportError> {
+    let wanted: HashSet<u64> = report.shared_ids.iter().map(|s| s.rows[0]).collect();
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let header = rdr.byte_headers()?.clone();
+    let c_id = header
+        .iter()
+        .position(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .trim()
+                == "id_number"
+        })
+        .ok_or(ReportError::MissingColumn("id_number"))?;
+    let mut ids = std::collections::HashMap::new();
+    for (i, rec) in rdr.byte_records().enumerate() {
+        let row = i as u64 + 1;
+        if wanted.contains(&row) {
+            let rec = rec?;
+            ids.insert(
+                row,
+                String::from_utf8_lossy(rec.get(c_id).unwrap_or_default())
+                    .trim()
+                    .to_owned(),
+            );
+        }
+    }
+    for s in &mut report.shared_ids {
+        s.id_number = ids.remove(&s.rows[0]);
+    }
+    Ok(())
+}
+
+fn list(rows: &[u64], max: usize) -> String {
+    let mut s: Vec<String> = rows.iter().take(max).map(u64::to_string).collect();
+    if rows.len() > max {
+        s.push(format!("… ({} more)", rows.len() - max));
+    }
+    s.join(", ")
+}
+
+impl Report {
+    /// The report as an operator reads it in a terminal.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let pct = |n: u64| {
+            if self.rows == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / self.rows as f64
+            }
+        };
+        let _ = writeln!(o, "Cleanup report: {} lines", self.rows);
+        let _ = writeln!(o, "\nDecisions");
+        for (k, v) in &self.decisions {
+            let _ = writeln!(o, "  {k:<26}{v:>12}  {:>5.1}%", pct(*v));
+        }
+        let _ = writeln!(o, "\nFields that did not match");
+        if self.failed_fields.is_empty() {
+            let _ = writeln!(o, "  none");
+        }
+        for (k, v) in &self.failed_fields {
+            let _ = writeln!(o, "  {k:<26}{v:>12}  {:>5.1}%", pct(*v));
+        }
+        let _ = writeln!(o, "\nRecommended actions");
+        for (k, v) in &self.recommended_actions {
+            let _ = writeln!(o, "  {k:<26}{v:>12}  {:>5.1}%", pct(*v));
+        }
+        let _ = writeln!(o, "\nLines by MSISDN prefix");
+        for (k, v) in &self.msisdn_prefixes {
+            let _ = writeln!(o, "  {k:<5} {:<20}{:>12}", v.carrier, v.rows);
+        }
+        let _ = writeln!(
+            o,
+            "\nName differs only in diacritics (fix the record, do not lock the line): {} lines",
+            self.diacritics_only_rows.len()
+        );
+        if !self.diacritics_only_rows.is_empty() {
+            let _ = writeln!(o, "  rows {}", list(&self.diacritics_only_rows, 20));
+        }
+        let _ = writeln!(
+            o,
+            "\nIdentities on more than {} lines: {}",
+            self.max_lines_per_id,
+            self.shared_ids.len()
+        );
+        for s in self.shared_ids.iter().take(50) {
+            let who = s
+                .id_number
+                .as_deref()
+                .map(|i| format!(" id {i}"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "  {} lines{who}: rows {}", s.lines, list(&s.rows, 20));
+        }
+        if self.shared_ids.len() > 50 {
+            let _ = writeln!(
+                o,
+                "  … {} more (see the JSON summary)",
+                self.shared_ids.len() - 50
+            );
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_and_ids_group() {
+        let csv = "\
+row,msisdn,request_id,decision,id_number_result,full_name_result,date_of_birth_result,sex_result,name_tier,name_score,recommended_action,reasons,audit_id,error,id_ref
+1,0981234567,a,VERIFIED,MATCH,MATCH,MATCH,NOT_PROVIDED,EXACT,100,NONE,,x,,00000000000000aa
+2,0981234568,b,MISMATCH,MATCH,MISMATCH,MATCH,NOT_PROVIDED,DIACRITICS_ONLY,99,UPDATE_SUBSCRIBER_RECORD,FULL_NAME_DIACRITICS_ONLY,y,,00000000000000aa
+3,12,c,INVALID,,,,,,,CORRECT_INPUT,INVALID_INPUT,,msisdn: bad,
+4,0881234567,d,MISMATCH,MATCH,MATCH,MISMATCH,MISMATCH,EXACT,100,SUSPEND_OUTGOING,,z,,00000000000000aa
+";
+        let r = build(csv.as_bytes(), 2).unwrap();
+        assert_eq!(r.rows, 4);
+        assert_eq!(r.decisions.values().sum::<u64>(), 4);
+        assert_eq!(r.failed_fields["full_name"], 1);
+        assert_eq!(r.failed_fields["sex"], 1);
+        assert_eq!(r.msisdn_prefixes["098"].rows, 2);
+        assert_eq!(r.msisdn_prefixes["098"].carrier, "viettel");
+        assert_eq!(r.msisdn_prefixes["invalid"].rows, 1);
+        assert_eq!(r.diacritics_only_rows, [2]);
+        assert_eq!(r.shared_ids.len(), 1);
+        assert_eq!(r.shared_ids[0].rows, [1, 2, 4]);
+        assert!(r.render().contains("Identities on more than 2 lines: 1"));
+    }
+}
