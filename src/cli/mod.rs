@@ -1,7 +1,7 @@
 //! The `simverify` command line. Each subcommand validates its arguments into
 //! typed values before doing any work; `main` maps [`CliError`] to exit codes.
 
-mod batch;
+pub mod batch;
 mod client;
 mod r#gen;
 mod mirror;

@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// Print ID numbers in the report (they are never printed otherwise).
     #[arg(long)]
     pub show_ids: bool,
-    /// No progress output; only errors and the final report.
+    /// No progress output and no printed report (use --summary); warnings
+    /// and errors still go to stderr.
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
@@ -98,7 +99,7 @@ pub async fn run(cfg: &Config, cmd: BatchCommand) -> Result<(), CliError> {
         BatchCommand::Run(a) => run_job(cfg, a).await,
         BatchCommand::Report(a) => {
             let input = if a.show_ids { a.input.as_deref() } else { None };
-            finish_report(&a.results, a.summary.as_deref(), a.max_lines_per_id, input)
+            finish_report(&a.results, a.summary.as_deref(), a.max_lines_per_id, input, true)
         }
     }
 }
@@ -108,6 +109,7 @@ fn finish_report(
     summary: Option<&Path>,
     max: usize,
     ids_from: Option<&Path>,
+    print_report: bool,
 ) -> Result<(), CliError> {
     let open = |p: &Path| {
         std::fs::File::open(p)
@@ -120,7 +122,9 @@ fn finish_report(
         report::attach_ids(&mut report, open(input)?)
             .map_err(|e| CliError::Data(format!("{}: {e}", input.display())))?;
     }
-    print!("{}", report.render());
+    if print_report {
+        print!("{}", report.render());
+    }
     if let Some(path) = summary {
         let json = serde_json::to_vec_pretty(&report).expect("serialisable");
         std::fs::write(path, json)
@@ -254,6 +258,7 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
                 a.summary.as_deref(),
                 a.max_lines_per_id,
                 a.show_ids.then_some(a.input.as_path()),
+                !a.quiet,
             );
         }
         Some(cp) => {
@@ -382,5 +387,6 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
         a.summary.as_deref(),
         a.max_lines_per_id,
         a.show_ids.then_some(a.input.as_path()),
+        !a.quiet,
     )
 }
