@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/simverify/v1/verification.proto"];
+    let protos = [
+        "proto/simverify/v1/verification.proto",
+        "proto/simverify/v1/audit.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -26,7 +26,9 @@ use simverify::store::Store;
 use simverify::verifier::{Verifier, VerifierConfig};
 use sqlx::Connection;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -95,7 +97,10 @@ impl pb::verification_server::Verification for Echo {
     ) -> Result<tonic::Response<EchoStream>, tonic::Status> {
         let out = request.into_inner().map(|b| {
             let b = b?;
-            Ok(pb::VerifyBatchResult { batch_seq: b.batch_seq, results: b.requests.iter().map(echo_answer).collect() })
+            Ok(pb::VerifyBatchResult {
+                batch_seq: b.batch_seq,
+                results: b.requests.iter().map(echo_answer).collect(),
+            })
         });
         Ok(tonic::Response::new(Box::pin(out)))
     }
@@ -117,17 +122,28 @@ async fn spawn_echo(pki: &Pki) -> (std::net::SocketAddr, tokio::sync::oneshot::S
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(std::fs::read(pki.file("server.pem")).unwrap(), std::fs::read(pki.file("server.key")).unwrap()))
-        .client_ca_root(Certificate::from_pem(std::fs::read(pki.file("ca.pem")).unwrap()));
+        .identity(Identity::from_pem(
+            std::fs::read(pki.file("server.pem")).unwrap(),
+            std::fs::read(pki.file("server.key")).unwrap(),
+        ))
+        .client_ca_root(Certificate::from_pem(
+            std::fs::read(pki.file("ca.pem")).unwrap(),
+        ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .tls_config(tls)
         .unwrap()
         .tcp_nodelay(true)
-        .add_service(pb::verification_server::VerificationServer::new(Echo).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-            let _ = rx.await;
-        });
+        .add_service(
+            pb::verification_server::VerificationServer::new(Echo)
+                .max_decoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = rx.await;
+            },
+        );
     tokio::spawn(server);
     (addr, tx)
 }
@@ -141,8 +157,15 @@ struct Gateway {
 
 async fn spawn_gateway(pki: &Pki, url: &str, hasher: &simverify::domain::KeyedHasher) -> Gateway {
     let store = Store::connect(url).await.unwrap();
-    let (verifier, tasks) = Verifier::start(hasher.clone(), store.clone(), VerifierConfig::default()).await.unwrap();
-    let unlimited = LimitsSection { rate_per_sec: 1e9, burst: 1_000_000_000, daily_quota: u64::MAX / 4 };
+    let (verifier, tasks) =
+        Verifier::start(hasher.clone(), store.clone(), VerifierConfig::default())
+            .await
+            .unwrap();
+    let unlimited = LimitsSection {
+        rate_per_sec: 1e9,
+        burst: 1_000_000_000,
+        daily_quota: u64::MAX / 4,
+    };
     let mut principals = PrincipalMap::default();
     let entry = simverify::config::PrincipalEntry {
         subject: simverify::pki::client_uri("carrier-a", Role::Carrier),
@@ -169,7 +192,12 @@ async fn spawn_gateway(pki: &Pki, url: &str, hasher: &simverify::domain::KeyedHa
     let done = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    Gateway { addr, stop, done, store }
+    Gateway {
+        addr,
+        stop,
+        done,
+        store,
+    }
 }
 
 impl Gateway {
@@ -182,7 +210,9 @@ impl Gateway {
 
 async fn channel(pki: &Pki, addr: std::net::SocketAddr) -> Channel {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(pki.file("ca.pem")).unwrap()))
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(pki.file("ca.pem")).unwrap(),
+        ))
         .identity(Identity::from_pem(
             std::fs::read(pki.file("carrier-a.pem")).unwrap(),
             std::fs::read(pki.file("carrier-a.key")).unwrap(),
@@ -207,7 +237,12 @@ struct Unary {
     p999: Duration,
 }
 
-async fn unary(pki: &Pki, addr: std::net::SocketAddr, requests: Arc<Vec<pb::VerifyRequest>>, secs: u64) -> Unary {
+async fn unary(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    requests: Arc<Vec<pb::VerifyRequest>>,
+    secs: u64,
+) -> Unary {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     let until = Instant::now() + Duration::from_secs(secs);
@@ -236,11 +271,23 @@ async fn unary(pki: &Pki, addr: std::net::SocketAddr, requests: Arc<Vec<pb::Veri
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
     let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Unary { rps: all.len() as f64 / elapsed, p50: q(0.50), p99: q(0.99), p999: q(0.999) }
+    Unary {
+        rps: all.len() as f64 / elapsed,
+        p50: q(0.50),
+        p99: q(0.99),
+        p999: q(0.999),
+    }
 }
 
 /// Runs `simverify batch run` in-process over `input`; returns rows/s.
-async fn batch_run(pki: &Pki, addr: std::net::SocketAddr, input: &Path, out: &Path, batch_size: usize, rows: u64) -> f64 {
+async fn batch_run(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    input: &Path,
+    out: &Path,
+    batch_size: usize,
+    rows: u64,
+) -> f64 {
     let argv: Vec<String> = vec![
         "simverify".into(),
         "batch".into(),
@@ -281,7 +328,8 @@ fn read_requests(path: &Path, max: usize) -> Vec<pb::VerifyRequest> {
                 id_number: r[1].to_owned(),
                 full_name: r[2].to_owned(),
                 date_of_birth: r[3].to_owned(),
-                sex: simverify::grpc::convert::sex_to_pb(simverify::domain::Sex::parse(&r[4])) as i32,
+                sex: simverify::grpc::convert::sex_to_pb(simverify::domain::Sex::parse(&r[4]))
+                    as i32,
                 purpose: pb::Purpose::Activation as i32,
                 consent_ref: None,
             }
@@ -294,9 +342,17 @@ fn ms(d: Duration) -> String {
 }
 
 async fn fresh_pg(admin: &str, name: &str) -> String {
-    let mut c = sqlx::PgConnection::connect(admin).await.expect("PostgreSQL");
-    for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("PostgreSQL");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut c)
+            .await
+            .unwrap();
     }
     let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
     format!("{base}/{name}")
@@ -304,25 +360,45 @@ async fn fresh_pg(admin: &str, name: &str) -> String {
 
 async fn run(args: Args) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let people = args.people.unwrap_or(if args.quick { 50_000 } else { 2_000_000 });
-    let rows = args.rows.unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
+    let people = args
+        .people
+        .unwrap_or(if args.quick { 50_000 } else { 2_000_000 });
+    let rows = args
+        .rows
+        .unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
     let secs = args.seconds.unwrap_or(if args.quick { 2 } else { 10 });
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let work = Path::new(&target).join("loadgen");
     std::fs::create_dir_all(&work).unwrap();
-    let today = simverify::domain::CivilDate { year: 2026, month: 1, day: 1 };
+    let today = simverify::domain::CivilDate {
+        year: 2026,
+        month: 1,
+        day: 1,
+    };
 
     // Inputs, generated once per size.
     let pop = work.join(format!("population-{people}.csv"));
     if !pop.exists() {
         let f = std::io::BufWriter::new(std::fs::File::create(&pop).unwrap());
-        simverify::r#gen::write_population(&simverify::r#gen::PopulationConfig::new(people, 1, today), f).unwrap();
+        simverify::r#gen::write_population(
+            &simverify::r#gen::PopulationConfig::new(people, 1, today),
+            f,
+        )
+        .unwrap();
     }
     let subs = work.join(format!("subscribers-{people}-{rows}.csv"));
     if !subs.exists() {
-        let cfg = simverify::r#gen::SubscriberConfig { count: Some(rows), ..simverify::r#gen::SubscriberConfig::new(1, today) };
+        let cfg = simverify::r#gen::SubscriberConfig {
+            count: Some(rows),
+            ..simverify::r#gen::SubscriberConfig::new(1, today)
+        };
         let f = std::io::BufWriter::new(std::fs::File::create(&subs).unwrap());
-        simverify::r#gen::write_subscribers(std::io::BufReader::new(std::fs::File::open(&pop).unwrap()), &cfg, f).unwrap();
+        simverify::r#gen::write_subscribers(
+            std::io::BufReader::new(std::fs::File::open(&pop).unwrap()),
+            &cfg,
+            f,
+        )
+        .unwrap();
     }
     let rows = csv::Reader::from_path(&subs).unwrap().records().count() as u64;
     let pki_dir = work.join("pki");
@@ -352,7 +428,15 @@ async fn run(args: Args) {
     for (name, url) in [("SQLite", &sqlite_url), ("PostgreSQL", &pg_url)] {
         let store = Store::connect(url).await.unwrap();
         let t = Instant::now();
-        let r = simverify::mirror::import_csv(&store, &hasher, std::fs::File::open(&pop).unwrap(), "bench", |_| {}).await.unwrap();
+        let r = simverify::mirror::import_csv(
+            &store,
+            &hasher,
+            std::fs::File::open(&pop).unwrap(),
+            "bench",
+            |_| {},
+        )
+        .await
+        .unwrap();
         let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
         import_rate.push((name, rate));
         store.close().await;
@@ -395,7 +479,9 @@ async fn run(args: Args) {
         ));
     }
     line(String::new());
-    line(format!("| `batch run` over VerifyStream, {rows} rows | rows/s | ratio to echo |"));
+    line(format!(
+        "| `batch run` over VerifyStream, {rows} rows | rows/s | ratio to echo |"
+    ));
     line("|---|---:|---:|".into());
     let e = stream_rows[0].1;
     for (n, r) in &stream_rows {
@@ -414,6 +500,9 @@ fn main() {
     let args = Args::parse();
     // Client and servers share one runtime with the default worker count, the
     // same for the echo and the gateway.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run(args));
 }

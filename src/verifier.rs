@@ -148,6 +148,11 @@ impl Verifier {
         ))
     }
 
+    /// The keyed hasher, for turning plaintext filters into hashes.
+    pub fn hasher(&self) -> &KeyedHasher {
+        &self.inner.hasher
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

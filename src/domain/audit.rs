@@ -25,3 +25,31 @@ pub struct AuditRecord {
     pub mirror_version: i64,
     pub latency_us: u32,
 }
+
+/// Which audit records an auditor asks for. Identities are keyed hashes by
+/// the time a filter exists; the plaintext never gets this far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Unix microseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix microseconds, exclusive.
+    pub until: Option<i64>,
+    pub caller: Option<String>,
+    pub decision: Option<super::verdict::Decision>,
+    pub purpose: Option<Purpose>,
+    pub request_id: Option<String>,
+    pub job_id: Option<String>,
+    pub lookup_key: Option<LookupKey>,
+    pub msisdn_hash: Option<MsisdnHash>,
+}
+
+/// One row of audit statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditStatsRow {
+    pub caller: String,
+    /// Days since 1970-01-01 in Vietnam time.
+    pub day: i64,
+    pub decision: super::verdict::Decision,
+    pub purpose: Purpose,
+    pub count: u64,
+}

@@ -15,7 +15,7 @@ pub mod name;
 pub mod request;
 pub mod verdict;
 
-pub use audit::AuditRecord;
+pub use audit::{AuditFilter, AuditRecord, AuditStatsRow};
 pub use citizen_id::{CitizenId, CitizenIdError};
 pub use date::{CivilDate, DateOfBirth, DobError, DobPrecision};
 pub use hashing::{FieldHash, KeyedHasher, LookupKey, MsisdnHash, RecordHasher};

@@ -3,6 +3,7 @@
 //! types stay in here (and in the CLI's client commands); errors become
 //! statuses only in [`status`].
 
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod limits;
@@ -218,6 +219,12 @@ impl Application {
             verification,
             auth::require(&[Role::Carrier]),
         );
+        let audit_service = tonic::service::interceptor::InterceptedService::new(
+            crate::proto::audit_server::AuditServer::new(audit::AuditService::new(
+                verifier.clone(),
+            )),
+            auth::require(&[Role::Carrier, Role::Auditor]),
+        );
         drop(verifier);
 
         let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<Conn>>(128);
@@ -244,6 +251,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(verification)
+            .add_service(audit_service)
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
         let grace_over = async move {
             if stopping_rx.await.is_ok() {

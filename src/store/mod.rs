@@ -9,7 +9,60 @@
 mod postgres;
 mod sqlite;
 
-use crate::domain::{AuditRecord, LookupKey, MirrorRecord};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
+
+/// One audit query, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQueryLog {
+    pub asked_at: i64,
+    pub caller: String,
+    pub role: String,
+    pub method: String,
+    /// JSON of the filters, identifiers already hashed.
+    pub filters: String,
+    pub returned: u64,
+}
+
+/// Appends `WHERE …` for an audit filter; the same SQL serves both backends
+/// (only placeholders differ, and `QueryBuilder` writes those).
+macro_rules! push_audit_filter {
+    ($qb:expr, $f:expr) => {{
+        let f: &AuditFilter = $f;
+        $qb.push(" WHERE 1 = 1");
+        if let Some(v) = f.since {
+            $qb.push(" AND recorded_at >= ").push_bind(v);
+        }
+        if let Some(v) = f.until {
+            $qb.push(" AND recorded_at < ").push_bind(v);
+        }
+        if let Some(v) = &f.caller {
+            $qb.push(" AND caller = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.decision {
+            $qb.push(" AND decision = ")
+                .push_bind(i32::from(v.as_i16()));
+        }
+        if let Some(v) = f.purpose {
+            $qb.push(" AND purpose = ").push_bind(i32::from(v.as_i16()));
+        }
+        if let Some(v) = &f.request_id {
+            $qb.push(" AND request_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = &f.job_id {
+            $qb.push(" AND job_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = f.lookup_key {
+            $qb.push(" AND lookup_key = ").push_bind(v.0.to_vec());
+        }
+        if let Some(v) = f.msisdn_hash {
+            $qb.push(" AND msisdn_hash = ").push_bind(v.0.to_vec());
+        }
+    }};
+}
+pub(crate) use push_audit_filter;
+
+/// Seconds east of UTC for Vietnam days in statistics.
+pub(crate) const VN_OFFSET_SECS: i64 = 7 * 3600;
 
 /// Most rows a single multi-row statement carries. SQLite allows 32,766
 /// bound parameters per statement; the audit row has 22 columns.
@@ -185,6 +238,31 @@ impl Store {
 
     pub async fn audit_count(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.audit_count().await)
+    }
+
+    /// Records matching `filter` with a sequence number after `after`, in
+    /// log order, at most `limit`. Returns each with its sequence number
+    /// (the paging cursor).
+    pub async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
+        dispatch!(self, s => s.query_audit(filter, after, limit).await)
+    }
+
+    /// Counts per caller, Vietnam day, decision and purpose.
+    pub async fn audit_stats(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditStatsRow>, StoreError> {
+        dispatch!(self, s => s.audit_stats(filter).await)
+    }
+
+    /// Records that an audit query was made.
+    pub async fn record_audit_query(&self, q: &AuditQueryLog) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_audit_query(q).await)
     }
 
     pub async fn close(&self) {

@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{ImportStats, RawAuditRow, RawMirrorRow, StoreError, pack_tokens};
-use crate::domain::{AuditRecord, LookupKey, MirrorRecord};
+use super::{
+    AuditQueryLog, ImportStats, RawAuditRow, RawMirrorRow, StoreError, pack_tokens,
+    push_audit_filter,
+};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -348,5 +351,70 @@ impl PgStore {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
             .fetch_one(&self.pool)
             .await?)
+    }
+    pub async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM audit_log");
+        push_audit_filter!(qb, filter);
+        if let Some(a) = after {
+            qb.push(" AND seq > ").push_bind(a);
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("seq")?, audit_row(r)?.into_record()?)))
+            .collect()
+    }
+
+    pub async fn audit_stats(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditStatsRow>, StoreError> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new("SELECT caller, (recorded_at / 1000000 + ");
+        qb.push_bind(super::VN_OFFSET_SECS);
+        qb.push(") / 86400 AS day, decision, purpose, COUNT(*) AS n FROM audit_log");
+        push_audit_filter!(qb, filter);
+        qb.push(" GROUP BY caller, day, decision, purpose ORDER BY day, caller, decision, purpose");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let decision = r.try_get::<i16, _>("decision")?;
+                let purpose = r.try_get::<i16, _>("purpose")?;
+                Ok(AuditStatsRow {
+                    caller: r.try_get("caller")?,
+                    day: r.try_get("day")?,
+                    decision: i16::try_from(decision)
+                        .ok()
+                        .and_then(crate::domain::Decision::from_i16)
+                        .ok_or(StoreError::Corrupt("decision"))?,
+                    purpose: i16::try_from(purpose)
+                        .ok()
+                        .and_then(crate::domain::Purpose::from_i16)
+                        .ok_or(StoreError::Corrupt("purpose"))?,
+                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn record_audit_query(&self, q: &AuditQueryLog) -> Result<(), StoreError> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO audit_queries (asked_at, caller, role, method, filters, returned) ",
+        );
+        qb.push_values([q], |mut b, q| {
+            b.push_bind(q.asked_at)
+                .push_bind(q.caller.clone())
+                .push_bind(q.role.clone())
+                .push_bind(q.method.clone())
+                .push_bind(q.filters.clone())
+                .push_bind(q.returned as i64);
+        });
+        qb.build().execute(&self.pool).await?;
+        Ok(())
     }
 }

@@ -99,7 +99,13 @@ pub async fn run(cfg: &Config, cmd: BatchCommand) -> Result<(), CliError> {
         BatchCommand::Run(a) => run_job(cfg, a).await,
         BatchCommand::Report(a) => {
             let input = if a.show_ids { a.input.as_deref() } else { None };
-            finish_report(&a.results, a.summary.as_deref(), a.max_lines_per_id, input, true)
+            finish_report(
+                &a.results,
+                a.summary.as_deref(),
+                a.max_lines_per_id,
+                input,
+                true,
+            )
         }
     }
 }

@@ -1,0 +1,297 @@
+//! The `simverify.v1.Audit` service: filtered, paged reads of the audit log
+//! and statistics. Carriers see only their own records; every query is
+//! itself recorded.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Principal};
+use super::status::{internal, invalid_argument};
+use crate::config::Role;
+use crate::domain::{
+    AuditFilter, AuditRecord, CitizenId, CivilDate, Decision, Field, Msisdn, Purpose, Violation,
+};
+use crate::proto as pb;
+use crate::store::{AuditQueryLog, Store};
+use crate::verifier::Verifier;
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;
+
+#[derive(Clone)]
+pub struct AuditService {
+    verifier: Verifier,
+}
+
+impl AuditService {
+    pub fn new(verifier: Verifier) -> Self {
+        Self { verifier }
+    }
+
+    fn store(&self) -> &Store {
+        self.verifier.store()
+    }
+}
+
+fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos / 1000))
+}
+
+pub fn timestamp(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn decision_from_pb(v: i32) -> Result<Option<Decision>, Status> {
+    Ok(match pb::Decision::try_from(v) {
+        Ok(pb::Decision::Unspecified) => None,
+        Ok(pb::Decision::Verified) => Some(Decision::Verified),
+        Ok(pb::Decision::Mismatch) => Some(Decision::Mismatch),
+        Ok(pb::Decision::NotFound) => Some(Decision::NotFound),
+        Ok(pb::Decision::Deceased) => Some(Decision::Deceased),
+        Ok(pb::Decision::Invalid) => Some(Decision::Invalid),
+        Err(_) => return Err(Status::invalid_argument("filter.decision: unknown value")),
+    })
+}
+
+fn purpose_from_pb(v: i32) -> Result<Option<Purpose>, Status> {
+    match v {
+        0 => Ok(None),
+        v => match pb::Purpose::try_from(v) {
+            Ok(_) => Ok(Some(super::convert::purpose_from_pb(
+                v,
+                Purpose::Activation,
+            ))),
+            Err(_) => Err(Status::invalid_argument("filter.purpose: unknown value")),
+        },
+    }
+}
+
+/// Turns the wire filter into a store filter: identifiers hashed, and a
+/// carrier confined to its own records.
+fn filter(
+    principal: &Principal,
+    f: Option<pb::AuditFilter>,
+    verifier: &Verifier,
+) -> Result<(AuditFilter, serde_json::Value), Status> {
+    let f = f.unwrap_or_default();
+    let mut bad = Vec::new();
+    let caller = match principal.role {
+        Role::Auditor => (!f.carrier_id.is_empty()).then(|| f.carrier_id.clone()),
+        Role::Carrier => {
+            if !f.carrier_id.is_empty() && f.carrier_id != *principal.carrier_id {
+                return Err(Status::permission_denied(
+                    "a carrier may only read its own audit records",
+                ));
+            }
+            Some(principal.carrier_id.to_string())
+        }
+        Role::Admin => {
+            return Err(Status::permission_denied(
+                "role `admin` may not read the audit log",
+            ));
+        }
+    };
+    let lookup_key = match f.id_number.as_str() {
+        "" => None,
+        s => match CitizenId::parse(s) {
+            Ok(id) => Some(verifier.hasher().lookup_key(&id)),
+            Err(e) => {
+                bad.push(Violation {
+                    field: Field::IdNumber,
+                    code: e.code(),
+                    description: e.to_string(),
+                });
+                None
+            }
+        },
+    };
+    let msisdn_hash = match f.msisdn.as_str() {
+        "" => None,
+        s => match Msisdn::parse(s) {
+            Ok(m) => Some(verifier.hasher().msisdn(&m)),
+            Err(e) => {
+                bad.push(Violation {
+                    field: Field::Msisdn,
+                    code: e.code(),
+                    description: e.to_string(),
+                });
+                None
+            }
+        },
+    };
+    if !bad.is_empty() {
+        return Err(invalid_argument(&bad));
+    }
+    let out = AuditFilter {
+        since: f.since.as_ref().map(micros),
+        until: f.until.as_ref().map(micros),
+        caller,
+        decision: decision_from_pb(f.decision)?,
+        purpose: purpose_from_pb(f.purpose)?,
+        request_id: (!f.request_id.is_empty()).then(|| f.request_id.clone()),
+        job_id: (!f.job_id.is_empty()).then(|| f.job_id.clone()),
+        lookup_key,
+        msisdn_hash,
+    };
+    // What gets recorded about the query: no plaintext identifier.
+    let recorded = serde_json::json!({
+        "since": out.since,
+        "until": out.until,
+        "carrier_id": out.caller,
+        "decision": out.decision.map(Decision::as_str),
+        "purpose": out.purpose.map(Purpose::as_str),
+        "request_id": out.request_id,
+        "job_id": out.job_id,
+        "subject_ref": out.lookup_key.map(|k| hex::encode(k.0)),
+        "msisdn_ref": out.msisdn_hash.map(|k| hex::encode(k.0)),
+    });
+    Ok((out, recorded))
+}
+
+const TOKEN_PREFIX: &str = "p1.";
+
+fn parse_token(t: &str) -> Result<Option<i64>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.strip_prefix(TOKEN_PREFIX)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("page_token: not a token from this gateway"))
+}
+
+pub fn record_to_pb(r: AuditRecord) -> pb::AuditRecord {
+    let answer = super::convert::response(crate::verifier::Answer {
+        request_id: String::new(),
+        verdict: r.verdict,
+        violations: Vec::new(),
+        audit_id: String::new(),
+        mirror_version: r.mirror_version,
+    });
+    pb::AuditRecord {
+        audit_id: r.audit_id,
+        recorded_at: Some(timestamp(r.recorded_at)),
+        caller: r.caller,
+        request_id: r.request_id,
+        job_id: r.job_id.unwrap_or_default(),
+        purpose: super::convert::purpose_to_pb(r.purpose) as i32,
+        consent_ref: r.consent_ref.unwrap_or_default(),
+        subject_ref: r.lookup_key.map(|k| hex::encode(k.0)).unwrap_or_default(),
+        msisdn_ref: r.msisdn_hash.map(|k| hex::encode(k.0)).unwrap_or_default(),
+        decision: answer.decision,
+        id_number: answer.id_number,
+        full_name: answer.full_name,
+        date_of_birth: answer.date_of_birth,
+        sex: answer.sex,
+        name_tier: answer.name_tier,
+        name_score: answer.name_score,
+        recommended_action: answer.recommended_action,
+        reasons: answer.reasons,
+        mirror_version: r.mirror_version,
+        latency_us: r.latency_us,
+    }
+}
+
+impl AuditService {
+    async fn log_query(
+        &self,
+        p: &Principal,
+        method: &str,
+        filters: serde_json::Value,
+        returned: usize,
+    ) -> Result<(), Status> {
+        let q = AuditQueryLog {
+            asked_at: crate::clock::now_micros(),
+            caller: p.carrier_id.to_string(),
+            role: p.role.as_str().to_owned(),
+            method: method.to_owned(),
+            filters: filters.to_string(),
+            returned: returned as u64,
+        };
+        // An unrecorded audit query is not answered.
+        self.store()
+            .record_audit_query(&q)
+            .await
+            .map_err(|e| internal(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for AuditService {
+    async fn query(
+        &self,
+        request: Request<pb::AuditQuery>,
+    ) -> Result<Response<pb::AuditPage>, Status> {
+        let principal = auth::principal(&request)?;
+        let q = request.into_inner();
+        let (f, mut recorded) = filter(&principal, q.filter, &self.verifier)?;
+        let after = parse_token(&q.page_token)?;
+        let size = match q.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut rows = self
+            .store()
+            .query_audit(&f, after, size + 1)
+            .await
+            .map_err(|e| internal(&e))?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next = if more {
+            rows.last().map(|(seq, _)| format!("{TOKEN_PREFIX}{seq:x}"))
+        } else {
+            None
+        };
+        recorded["page_token"] = serde_json::Value::String(q.page_token);
+        self.log_query(&principal, "Query", recorded, rows.len())
+            .await?;
+        Ok(Response::new(pb::AuditPage {
+            records: rows.into_iter().map(|(_, r)| record_to_pb(r)).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::AuditStatsRequest>,
+    ) -> Result<Response<pb::AuditStatsResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let (f, recorded) = filter(&principal, request.into_inner().filter, &self.verifier)?;
+        let rows = self
+            .store()
+            .audit_stats(&f)
+            .await
+            .map_err(|e| internal(&e))?;
+        self.log_query(&principal, "Stats", recorded, rows.len())
+            .await?;
+        let decision = |d: Decision| {
+            super::convert::response(crate::verifier::Answer {
+                request_id: String::new(),
+                verdict: crate::domain::Verdict {
+                    decision: d,
+                    ..crate::domain::Verdict::invalid()
+                },
+                violations: Vec::new(),
+                audit_id: String::new(),
+                mirror_version: 0,
+            })
+            .decision
+        };
+        Ok(Response::new(pb::AuditStatsResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| pb::AuditStatsRow {
+                    carrier_id: r.caller,
+                    day: CivilDate::from_unix_days(r.day).to_string(),
+                    decision: decision(r.decision),
+                    purpose: super::convert::purpose_to_pb(r.purpose) as i32,
+                    count: r.count,
+                })
+                .collect(),
+        }))
+    }
+}
