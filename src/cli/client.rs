@@ -39,7 +39,14 @@ fn read(what: &str, path: &PathBuf) -> Result<Vec<u8>, CliError> {
 }
 
 impl ClientArgs {
+    /// Connects with the configured identity, else the development carrier.
     pub async fn connect(&self, cfg: &Config) -> Result<Channel, CliError> {
+        self.connect_as(cfg, "carrier-a").await
+    }
+
+    /// Connects; without a configured identity, uses the development PKI's
+    /// `dev_identity` certificate (e.g. "auditor").
+    pub async fn connect_as(&self, cfg: &Config, dev_identity: &str) -> Result<Channel, CliError> {
         let plaintext = self.insecure_plaintext || cfg.client.insecure_plaintext;
         let server = self
             .server
@@ -62,14 +69,14 @@ impl ClientArgs {
                 )));
             }
             let pki = cfg.pki_dir();
-            let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, dev: &str| {
+            let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, dev: &str| -> PathBuf {
                 flag.clone()
                     .or_else(|| conf.clone())
                     .unwrap_or_else(|| pki.join(dev))
             };
             let ca = pick(&self.ca, &cfg.client.ca, "ca.pem");
-            let cert = pick(&self.cert, &cfg.client.cert, "carrier-a.pem");
-            let key = pick(&self.key, &cfg.client.key, "carrier-a.key");
+            let cert = pick(&self.cert, &cfg.client.cert, &format!("{dev_identity}.pem"));
+            let key = pick(&self.key, &cfg.client.key, &format!("{dev_identity}.key"));
             let host = endpoint.uri().host().unwrap_or("localhost").to_owned();
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read("ca", &ca)?))

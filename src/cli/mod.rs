@@ -1,6 +1,7 @@
 //! The `simverify` command line. Each subcommand validates its arguments into
 //! typed values before doing any work; `main` maps [`CliError`] to exit codes.
 
+mod audit;
 pub mod batch;
 mod client;
 mod r#gen;
@@ -118,6 +119,9 @@ pub enum Command {
     /// Generate synthetic data for demos, tests and benchmarks.
     #[command(subcommand)]
     Gen(r#gen::GenCommand),
+    /// Read the audit log (as an auditor, or as a carrier for its own records).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// SIM-cleanup jobs: verify a whole subscriber file, resumably.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
@@ -145,6 +149,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Gen(c) => r#gen::run(c),
         Command::Pki(c) => pki::run(&cfg, c),
         Command::Batch(c) => batch::run(&cfg, c).await,
+        Command::Audit(c) => audit::run(&cfg, c).await,
         Command::Config(ConfigCommand::Check) => config_check(&cfg),
     }
 }
