@@ -232,6 +232,35 @@ async fn serve_verify_and_stop(backend: Backend) {
     }
 }
 
+async fn invalid_configuration_stops_before_binding(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let out = simverify(&dir, &db)
+        .env("SIMVERIFY__SERVER__MAX_BATCH_ITEMS", "0")
+        .args(["serve", "--demo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("server.max_batch_items"), "{err}");
+    assert!(!dir.join("simverify.db").exists(), "nothing may be created");
+    let out = simverify(&dir, &db)
+        .env("SIMVERIFY__SERVER__LISTEN", "0.0.0.0:50051")
+        .args(["serve", "--insecure-plaintext"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    let out = simverify(&dir, &db)
+        .env("SIMVERIFY__SERVR__LISTEN", "x")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("servr"));
+}
+
 async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = db.dir.path().join("data");
@@ -382,5 +411,6 @@ both_backends!(
     import_reports_bad_rows_and_is_idempotent,
     a_file_without_required_columns_is_refused,
     serve_verify_and_stop,
+    invalid_configuration_stops_before_binding,
     unreachable_gateway_is_a_clear_error,
 );

@@ -288,3 +288,65 @@ both_backends!(
     shutdown_finishes_in_flight_work,
     reflection_lists_services_and_error_details,
 );
+
+/// Health follows the store: NOT_SERVING while PostgreSQL refuses
+/// connections, SERVING again once it accepts them. (An embedded SQLite file
+/// cannot become unreachable this way, so this runs on PostgreSQL only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_store_postgres() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app(Backend::Postgres).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: "simverify.v1.Verification".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+        }
+    };
+    assert_eq!(status(&mut health).await, ServingStatus::Serving);
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(crate::helpers::PG_ADMIN_URL)
+        .await
+        .unwrap();
+    let set = |allow: bool| {
+        sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"))
+    };
+    sqlx::query(set(false)).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let mut seen = ServingStatus::Serving;
+    for _ in 0..100 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, ServingStatus::NotServing);
+    sqlx::query(set(true)).execute(&mut admin).await.unwrap();
+    for _ in 0..100 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, ServingStatus::Serving);
+    app.stop().await;
+}
