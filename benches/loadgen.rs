@@ -181,10 +181,13 @@ async fn spawn_gateway(pki: &Pki, url: &str, hasher: &simverify::domain::KeyedHa
         key: pki.file("server.key"),
         client_ca: pki.file("ca.pem"),
     };
+    let signer =
+        simverify::audit::log::Signer::load_or_create(&pki.file("audit-signing.key"), true)
+            .unwrap();
     let cfg = ServerConfig {
         max_concurrent_requests: 4096,
         security: Security::MutualTls { tls, principals },
-        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap())
+        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(signer))
     };
     let app = Application::build(cfg, verifier, tasks).await.unwrap();
     let addr = app.local_addr();

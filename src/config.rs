@@ -82,6 +82,8 @@ pub struct ServerSection {
     /// How long in-flight calls may run after SIGTERM.
     pub shutdown_grace_secs: u64,
     pub cache_entries: u64,
+    /// How often a signed audit checkpoint is published (when the log grew).
+    pub checkpoint_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -94,6 +96,7 @@ impl Default for ServerSection {
             max_concurrent_requests: 512,
             shutdown_grace_secs: 30,
             cache_entries: 1_000_000,
+            checkpoint_secs: 60,
         }
     }
 }
@@ -145,6 +148,9 @@ pub struct Config {
     pub database_url: Option<String>,
     pub hash_key_file: Option<PathBuf>,
     pub hash_key_id: u16,
+    /// Ed25519 key (PKCS#8, hex) that signs audit checkpoints. Defaults to
+    /// DATA_DIR/audit-signing.key, created when missing.
+    pub audit_signing_key_file: Option<PathBuf>,
     pub log: String,
     pub server: ServerSection,
     pub tls: Option<TlsSection>,
@@ -160,6 +166,7 @@ impl Default for Config {
             database_url: None,
             hash_key_file: None,
             hash_key_id: 1,
+            audit_signing_key_file: None,
             log: "info".to_owned(),
             server: ServerSection::default(),
             tls: None,
@@ -259,6 +266,12 @@ impl Config {
                 "must be at least 4096",
             ));
         }
+        if s.checkpoint_secs == 0 {
+            return Err(ConfigError::new(
+                "server.checkpoint_secs",
+                "must be at least 1",
+            ));
+        }
         if s.max_concurrent_requests == 0 {
             return Err(ConfigError::new(
                 "server.max_concurrent_requests",
@@ -343,6 +356,14 @@ impl Config {
     /// The database URL with any password replaced, for logs.
     pub fn redacted_database_url(&self) -> String {
         redact_url(&self.database_url())
+    }
+
+    /// The checkpoint signing key's path, and whether it may be created.
+    pub fn audit_signing_key(&self) -> (PathBuf, bool) {
+        match &self.audit_signing_key_file {
+            Some(p) => (p.clone(), false),
+            None => (self.data_dir.join("audit-signing.key"), true),
+        }
     }
 
     /// Where the development PKI lives (`simverify pki init` default).

@@ -63,7 +63,11 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
         }
     }
     cfg.validate().map_err(|e| CliError::Usage(e.to_string()))?;
-    let server = ServerConfig::from_config(&cfg).map_err(|e| CliError::Usage(e.to_string()))?;
+    let (key_path, create) = cfg.audit_signing_key();
+    let signer = crate::audit::log::Signer::load_or_create(&key_path, create)
+        .map_err(|e| CliError::Usage(format!("configuration: audit_signing_key_file: {e}")))?;
+    let server = ServerConfig::from_config(&cfg, std::sync::Arc::new(signer))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
 
     let hasher = super::hasher(&cfg)?;
     let store = super::open_store(&cfg).await?;

@@ -10,6 +10,7 @@ pub mod citizen_id;
 pub mod date;
 pub mod hashing;
 pub mod matching;
+pub mod merkle;
 pub mod msisdn;
 pub mod name;
 pub mod request;

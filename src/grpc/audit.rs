@@ -6,12 +6,14 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Principal};
 use super::status::{internal, invalid_argument};
+use crate::audit::log::{self, Signer, TreeView};
 use crate::config::Role;
+use crate::domain::merkle;
 use crate::domain::{
     AuditFilter, AuditRecord, CitizenId, CivilDate, Decision, Field, Msisdn, Purpose, Violation,
 };
 use crate::proto as pb;
-use crate::store::{AuditQueryLog, Store};
+use crate::store::{AuditQueryLog, Store, StoredCheckpoint};
 use crate::verifier::Verifier;
 
 pub const DEFAULT_PAGE: u32 = 100;
@@ -20,11 +22,12 @@ pub const MAX_PAGE: u32 = 1000;
 #[derive(Clone)]
 pub struct AuditService {
     verifier: Verifier,
+    signer: std::sync::Arc<Signer>,
 }
 
 impl AuditService {
-    pub fn new(verifier: Verifier) -> Self {
-        Self { verifier }
+    pub fn new(verifier: Verifier, signer: std::sync::Arc<Signer>) -> Self {
+        Self { verifier, signer }
     }
 
     fn store(&self) -> &Store {
@@ -220,8 +223,132 @@ impl AuditService {
     }
 }
 
+pub fn checkpoint_to_pb(c: &StoredCheckpoint) -> pb::SignedCheckpoint {
+    pb::SignedCheckpoint {
+        size: c.size,
+        root: c.root.to_vec(),
+        signed_at_micros: c.signed_at,
+        key_id: c.key_id.clone(),
+        signature: c.signature.clone(),
+        note: merkle::checkpoint_message(c.size, &c.root, c.signed_at),
+    }
+}
+
+fn log_error(e: log::LogError) -> Status {
+    match e {
+        log::LogError::Missing(_) => Status::data_loss(e.to_string()),
+        e => internal(&e),
+    }
+}
+
+impl AuditService {
+    async fn checkpoint_of(&self, size: u64) -> Result<StoredCheckpoint, Status> {
+        let all = self
+            .store()
+            .audit_checkpoints()
+            .await
+            .map_err(|e| internal(&e))?;
+        let found = if size == 0 {
+            all.last()
+        } else {
+            all.iter().find(|c| c.size == size)
+        };
+        found.cloned().ok_or_else(|| {
+            Status::failed_precondition(if size == 0 {
+                "no checkpoint has been published yet".to_owned()
+            } else {
+                format!("no checkpoint of size {size} was published")
+            })
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
+    async fn checkpoint(
+        &self,
+        request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        let principal = auth::principal(&request)?;
+        if request.get_ref().fresh {
+            if principal.role != Role::Auditor {
+                return Err(Status::permission_denied(
+                    "only auditors may publish a checkpoint",
+                ));
+            }
+            log::publish_checkpoint(self.store(), &self.signer)
+                .await
+                .map_err(log_error)?;
+        }
+        Ok(Response::new(checkpoint_to_pb(
+            &self.checkpoint_of(0).await?,
+        )))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        request: Request<pb::InclusionRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let principal = auth::principal(&request)?;
+        let req = request.into_inner();
+        let rec = self
+            .store()
+            .audit_leaf_of(&req.audit_id)
+            .await
+            .map_err(|e| internal(&e))?
+            .filter(|r| {
+                principal.role == Role::Auditor || *r.record.caller == *principal.carrier_id
+            })
+            .ok_or_else(|| Status::not_found("no audit record with that id is visible to you"))?;
+        let cp = self.checkpoint_of(req.tree_size).await?;
+        if rec.index >= cp.size {
+            return Err(Status::failed_precondition(format!(
+                "the record (position {}) is newer than the checkpoint of size {}; ask again after the next checkpoint",
+                rec.index, cp.size
+            )));
+        }
+        let view = TreeView::load(self.store(), cp.size, &[rec.index])
+            .await
+            .map_err(log_error)?;
+        let path = merkle::inclusion_proof(&view, rec.index, cp.size);
+        Ok(Response::new(pb::InclusionProof {
+            leaf_index: rec.index,
+            leaf: merkle::canonical_bytes(rec.index, &rec.record),
+            path: path.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: Some(checkpoint_to_pb(&cp)),
+            record: Some(record_to_pb(rec.record)),
+        }))
+    }
+
+    async fn prove_consistency(
+        &self,
+        request: Request<pb::ConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        auth::principal(&request)?;
+        let req = request.into_inner();
+        if req.first == 0 {
+            return Err(Status::invalid_argument(
+                "first: the size of a published checkpoint",
+            ));
+        }
+        let first = self.checkpoint_of(req.first).await?;
+        let second = self.checkpoint_of(req.second).await?;
+        if first.size > second.size {
+            return Err(Status::invalid_argument(
+                "first must not be larger than second",
+            ));
+        }
+        let view = TreeView::load(self.store(), second.size, &[first.size - 1])
+            .await
+            .map_err(log_error)?;
+        let path = merkle::consistency_proof(&view, first.size, second.size);
+        Ok(Response::new(pb::ConsistencyProof {
+            first: Some(checkpoint_to_pb(&first)),
+            second: Some(checkpoint_to_pb(&second)),
+            path: path.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
     async fn query(
         &self,
         request: Request<pb::AuditQuery>,

@@ -42,6 +42,10 @@ pub enum Security {
 }
 
 pub struct ServerConfig {
+    /// Signs audit checkpoints.
+    pub audit_signer: Arc<crate::audit::log::Signer>,
+    /// How often a checkpoint of a grown log is published.
+    pub checkpoint_interval: Duration,
     pub listen: SocketAddr,
     pub max_batch_items: usize,
     pub max_message_bytes: usize,
@@ -52,7 +56,10 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The server settings of a validated configuration.
-    pub fn from_config(cfg: &Config) -> Result<Self, ServeError> {
+    pub fn from_config(
+        cfg: &Config,
+        audit_signer: Arc<crate::audit::log::Signer>,
+    ) -> Result<Self, ServeError> {
         let security = if cfg.server.insecure_plaintext {
             Security::Plaintext {
                 principal: Principal::development(&cfg.limits),
@@ -65,6 +72,8 @@ impl ServerConfig {
             }
         };
         Ok(Self {
+            audit_signer,
+            checkpoint_interval: Duration::from_secs(cfg.server.checkpoint_secs),
             listen: cfg.server.listen,
             max_batch_items: cfg.server.max_batch_items,
             max_message_bytes: cfg.server.max_message_bytes,
@@ -75,9 +84,11 @@ impl ServerConfig {
     }
 
     /// Plaintext on loopback with the development principal (tests, demos).
-    pub fn plaintext(listen: SocketAddr) -> Self {
+    pub fn plaintext(listen: SocketAddr, audit_signer: Arc<crate::audit::log::Signer>) -> Self {
         let defaults = crate::config::LimitsSection::default();
         Self {
+            audit_signer,
+            checkpoint_interval: Duration::from_secs(60),
             listen,
             max_batch_items: 5000,
             max_message_bytes: 16 * 1024 * 1024,
@@ -196,6 +207,12 @@ impl Application {
             .set_serving::<VerificationServer<VerificationService>>()
             .await;
         let monitor = tokio::spawn(monitor_store(verifier.store().clone(), health));
+        let store = verifier.store().clone();
+        let checkpoints = tokio::spawn(publish_checkpoints(
+            store.clone(),
+            cfg.audit_signer.clone(),
+            cfg.checkpoint_interval,
+        ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -222,6 +239,7 @@ impl Application {
         let audit_service = tonic::service::interceptor::InterceptedService::new(
             crate::proto::audit_server::AuditServer::new(audit::AuditService::new(
                 verifier.clone(),
+                cfg.audit_signer.clone(),
             )),
             auth::require(&[Role::Carrier, Role::Auditor]),
         );
@@ -276,6 +294,13 @@ impl Application {
         // writer commits what is queued and ends.
         if let Err(e) = tasks.audit.await {
             tracing::error!(error = %e, "audit writer task failed");
+        }
+        checkpoints.abort();
+        // A last checkpoint covers everything answered before the stop.
+        match crate::audit::log::publish_checkpoint(&store, &cfg.audit_signer).await {
+            Ok(Some(c)) => tracing::info!(size = c.size, "audit checkpoint published"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "final audit checkpoint failed"),
         }
         tasks.watcher.abort();
         tracing::info!("gateway stopped");
@@ -373,6 +398,22 @@ async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
 
 #[cfg(not(unix))]
 async fn reload_on_sighup(_tls: Arc<ReloadableTls>) {}
+
+/// Publishes a signed checkpoint whenever the audit log has grown.
+async fn publish_checkpoints(
+    store: Store,
+    signer: Arc<crate::audit::log::Signer>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::audit::log::publish_checkpoint(&store, &signer).await {
+            tracing::error!(error = %e, "publishing an audit checkpoint failed");
+        }
+    }
+}
 
 /// Reports NOT_SERVING while the store does not answer.
 async fn monitor_store(store: Store, health: tonic_health::server::HealthReporter) {

@@ -11,6 +11,30 @@ mod sqlite;
 
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
 
+pub use crate::domain::merkle::Hash;
+
+/// An audit record with its log position and stored leaf hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedAuditRecord {
+    pub index: u64,
+    pub leaf_hash: Option<Hash>,
+    pub record: AuditRecord,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    pub signed_at: i64,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+fn hash32(b: &[u8], what: &'static str) -> Result<Hash, StoreError> {
+    b.try_into().map_err(|_| StoreError::Corrupt(what))
+}
+
 /// One audit query, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditQueryLog {
@@ -263,6 +287,59 @@ impl Store {
     /// Records that an audit query was made.
     pub async fn record_audit_query(&self, q: &AuditQueryLog) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_audit_query(q).await)
+    }
+
+    /// Size of the audit log (leaves committed).
+    pub async fn audit_size(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.audit_size().await)
+    }
+
+    /// Stored leaf hashes for positions `lo..hi`, in order; `None` for a row
+    /// whose hash is missing. Positions without a row are absent.
+    pub async fn audit_leaf_hashes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Option<Hash>)>, StoreError> {
+        dispatch!(self, s => s.audit_leaf_hashes(lo, hi).await)
+    }
+
+    /// Records at positions `from..`, in order, with their stored leaf hash.
+    pub async fn audit_records_from(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<IndexedAuditRecord>, StoreError> {
+        dispatch!(self, s => s.audit_records_from(from, limit).await)
+    }
+
+    /// The record with this id and its position.
+    pub async fn audit_leaf_of(
+        &self,
+        audit_id: &str,
+    ) -> Result<Option<IndexedAuditRecord>, StoreError> {
+        dispatch!(self, s => s.audit_leaf_of(audit_id).await)
+    }
+
+    /// Stored tile hashes for tiles `0..below`, in order.
+    pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        dispatch!(self, s => s.audit_tiles(below).await)
+    }
+
+    pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
+        if tiles.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.put_audit_tiles(tiles).await)
+    }
+
+    /// Signed checkpoints, smallest first.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        dispatch!(self, s => s.audit_checkpoints().await)
+    }
+
+    pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_audit_checkpoint(c).await)
     }
 
     pub async fn close(&self) {

@@ -7,10 +7,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
-    AuditQueryLog, ImportStats, RawAuditRow, RawMirrorRow, StoreError, pack_tokens,
-    push_audit_filter,
+    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, RawAuditRow, RawMirrorRow, StoreError,
+    StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
 };
-use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -31,6 +31,16 @@ fn mirror_row(r: &PgRow) -> Result<RawMirrorRow, sqlx::Error> {
         sex_hash: r.try_get(7)?,
         status: i64::from(r.try_get::<i16, _>(8)?),
         source_version: r.try_get(9)?,
+    })
+}
+
+fn indexed_row(r: &PgRow) -> Result<IndexedAuditRecord, StoreError> {
+    let index: i64 = r.try_get("leaf_index")?;
+    let hash: Option<Vec<u8>> = r.try_get("leaf_hash")?;
+    Ok(IndexedAuditRecord {
+        index: index as u64,
+        leaf_hash: hash.map(|h| hash32(&h, "leaf_hash")).transpose()?,
+        record: audit_row(r)?.into_record()?,
     })
 }
 
@@ -300,15 +310,34 @@ impl PgStore {
                 records.iter().map($f).collect::<Vec<_>>()
             };
         }
+        let mut tx = self.pool.begin().await?;
+        // The head row's lock serialises writers (several gateways share one
+        // dense sequence), and positions commit with their records.
+        let n = records.len() as i64;
+        let end: i64 = sqlx::query_scalar(
+            "UPDATE audit_head SET size = size + $1 WHERE id = 1 RETURNING size",
+        )
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let start = (end - n) as u64;
+        let indexes: Vec<i64> = (0..records.len() as u64)
+            .map(|i| (start + i) as i64)
+            .collect();
+        let hashes: Vec<Vec<u8>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a).to_vec())
+            .collect();
         sqlx::query(
             "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
              consent_ref, lookup_key, msisdn_hash, key_id, decision, id_result, name_result, \
              dob_result, sex_result, name_tier, name_score, action, reasons, mirror_version, \
-             latency_us) \
+             latency_us, leaf_index, leaf_hash) \
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
              $6::int2[], $7::text[], $8::bytea[], $9::bytea[], $10::int2[], $11::int2[], \
              $12::int2[], $13::int2[], $14::int2[], $15::int2[], $16::int2[], $17::int2[], \
-             $18::int2[], $19::int4[], $20::int8[], $21::int4[])",
+             $18::int2[], $19::int4[], $20::int8[], $21::int4[], $22::int8[], $23::bytea[])",
         )
         .bind(col!(|a| a.audit_id.clone()))
         .bind(col!(|a| a.recorded_at))
@@ -331,8 +360,11 @@ impl PgStore {
         .bind(col!(|a| a.verdict.reasons.bits() as i32))
         .bind(col!(|a| a.mirror_version))
         .bind(col!(|a| a.latency_us.min(i32::MAX as u32) as i32))
-        .execute(&self.pool)
+        .bind(indexes)
+        .bind(hashes)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -415,6 +447,114 @@ impl PgStore {
                 .push_bind(q.returned as i64);
         });
         qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+    pub async fn audit_size(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT size FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn audit_leaf_hashes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Option<Hash>)>, StoreError> {
+        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT leaf_index, leaf_hash FROM audit_log WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
+        )
+        .bind(lo as i64)
+        .bind(hi as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(i, h)| Ok((i as u64, h.map(|h| hash32(&h, "leaf_hash")).transpose()?)))
+            .collect()
+    }
+
+    pub async fn audit_records_from(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<IndexedAuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
+        )
+        .bind(from as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(indexed_row).collect()
+    }
+
+    pub async fn audit_leaf_of(
+        &self,
+        audit_id: &str,
+    ) -> Result<Option<IndexedAuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = $1")
+            .bind(audit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(indexed_row).transpose()
+    }
+
+    pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT tile, hash FROM audit_tiles WHERE tile < $1 ORDER BY tile")
+                .bind(below as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(t, h)| Ok((t as u64, hash32(&h, "tile")?)))
+            .collect()
+    }
+
+    pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
+        let idx: Vec<i64> = tiles.iter().map(|(t, _)| *t as i64).collect();
+        let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, h)| h.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO audit_tiles (tile, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[]) \
+             ON CONFLICT (tile) DO NOTHING",
+        )
+        .bind(idx)
+        .bind(hashes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints ORDER BY size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(size, root, signed_at, key_id, signature)| {
+                Ok(StoredCheckpoint {
+                    size: size as u64,
+                    root: hash32(&root, "root")?,
+                    signed_at,
+                    key_id,
+                    signature,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, root, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(c.size as i64)
+        .bind(c.root.to_vec())
+        .bind(c.signed_at)
+        .bind(&c.key_id)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

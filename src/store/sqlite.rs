@@ -11,10 +11,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AuditQueryLog, ImportStats, RawAuditRow, RawMirrorRow, SQLITE_CHUNK, StoreError, pack_tokens,
-    push_audit_filter,
+    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, RawAuditRow, RawMirrorRow, SQLITE_CHUNK,
+    StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
 };
-use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -38,6 +38,16 @@ fn mirror_row(r: &SqliteRow) -> Result<RawMirrorRow, sqlx::Error> {
         sex_hash: r.try_get(7)?,
         status: r.try_get(8)?,
         source_version: r.try_get(9)?,
+    })
+}
+
+fn indexed_row(r: &SqliteRow) -> Result<IndexedAuditRecord, StoreError> {
+    let index: i64 = r.try_get("leaf_index")?;
+    let hash: Option<Vec<u8>> = r.try_get("leaf_hash")?;
+    Ok(IndexedAuditRecord {
+        index: index as u64,
+        leaf_hash: hash.map(|h| hash32(&h, "leaf_hash")).transpose()?,
+        record: audit_row(r)?.into_record()?,
     })
 }
 
@@ -295,15 +305,26 @@ impl SqliteStore {
 
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Taking the next positions and inserting the records is one
+        // transaction: the log stays dense whatever fails.
+        let n = records.len() as i64;
+        let end: i64 =
+            sqlx::query_scalar("UPDATE audit_head SET size = size + ? WHERE id = 1 RETURNING size")
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut next = (end - n) as u64;
         for chunk in records.chunks(SQLITE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
                  consent_ref, lookup_key, msisdn_hash, key_id, decision, id_result, name_result, \
                  dob_result, sex_result, name_tier, name_score, action, reasons, mirror_version, \
-                 latency_us) ",
+                 latency_us, leaf_index, leaf_hash) ",
             );
             qb.push_values(chunk, |mut b, a| {
                 let v = &a.verdict;
+                let index = next;
+                next += 1;
                 b.push_bind(a.audit_id.clone())
                     .push_bind(a.recorded_at)
                     .push_bind(a.caller.clone())
@@ -324,7 +345,9 @@ impl SqliteStore {
                     .push_bind(i64::from(v.action.as_i16()))
                     .push_bind(i64::from(v.reasons.bits()))
                     .push_bind(a.mirror_version)
-                    .push_bind(i64::from(a.latency_us));
+                    .push_bind(i64::from(a.latency_us))
+                    .push_bind(index as i64)
+                    .push_bind(merkle::leaf_hash(index, a).to_vec());
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -411,6 +434,111 @@ impl SqliteStore {
                 .push_bind(q.returned as i64);
         });
         qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+    pub async fn audit_size(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT size FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn audit_leaf_hashes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Option<Hash>)>, StoreError> {
+        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT leaf_index, leaf_hash FROM audit_log WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
+        )
+        .bind(lo as i64)
+        .bind(hi as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(i, h)| Ok((i as u64, h.map(|h| hash32(&h, "leaf_hash")).transpose()?)))
+            .collect()
+    }
+
+    pub async fn audit_records_from(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<IndexedAuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE leaf_index >= ? ORDER BY leaf_index LIMIT ?",
+        )
+        .bind(from as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(indexed_row).collect()
+    }
+
+    pub async fn audit_leaf_of(
+        &self,
+        audit_id: &str,
+    ) -> Result<Option<IndexedAuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = ?")
+            .bind(audit_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(indexed_row).transpose()
+    }
+
+    pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT tile, hash FROM audit_tiles WHERE tile < ? ORDER BY tile")
+                .bind(below as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(t, h)| Ok((t as u64, hash32(&h, "tile")?)))
+            .collect()
+    }
+
+    pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO audit_tiles (tile, hash) ");
+        qb.push_values(tiles, |mut b, (t, h)| {
+            b.push_bind(*t as i64).push_bind(h.to_vec());
+        });
+        qb.push(" ON CONFLICT (tile) DO NOTHING");
+        qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints ORDER BY size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(size, root, signed_at, key_id, signature)| {
+                Ok(StoredCheckpoint {
+                    size: size as u64,
+                    root: hash32(&root, "root")?,
+                    signed_at,
+                    key_id,
+                    signature,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, root, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(c.size as i64)
+        .bind(c.root.to_vec())
+        .bind(c.signed_at)
+        .bind(&c.key_id)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

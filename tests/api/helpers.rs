@@ -117,6 +117,12 @@ impl Drop for TestDb {
     }
 }
 
+/// The checkpoint signer of a test database (kept next to it).
+pub fn test_signer(db: &TestDb) -> std::sync::Arc<simverify::audit::log::Signer> {
+    let path = db.dir.path().join("audit-signing.key");
+    std::sync::Arc::new(simverify::audit::log::Signer::load_or_create(&path, true).unwrap())
+}
+
 pub fn test_hasher() -> KeyedHasher {
     KeyedHasher::new(b"simverify-test-key-0123456789abcdef", 1).unwrap()
 }
@@ -159,6 +165,7 @@ pub async fn import(store: &Store, csv: &str) -> simverify::mirror::ImportReport
 }
 
 pub struct TestApp {
+    pub signer: std::sync::Arc<simverify::audit::log::Signer>,
     pub addr: SocketAddr,
     pub store: Store,
     pub db: TestDb,
@@ -235,9 +242,10 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
     let (verifier, tasks) = Verifier::start(test_hasher(), store.clone(), cfg)
         .await
         .unwrap();
+    let signer = test_signer(&db);
     let server = ServerConfig {
         max_batch_items: opts.max_batch_items,
-        ..ServerConfig::plaintext(opts.listen)
+        ..ServerConfig::plaintext(opts.listen, signer.clone())
     };
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();
@@ -246,6 +254,7 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         let _ = rx.await;
     }));
     TestApp {
+        signer,
         addr,
         store,
         db,
@@ -346,7 +355,8 @@ pub async fn spawn_tls_app(
         Verifier::start(test_hasher(), store.clone(), VerifierConfig::default())
             .await
             .unwrap();
-    let server = ServerConfig::from_config(&cfg).unwrap();
+    let signer = test_signer(&db);
+    let server = ServerConfig::from_config(&cfg, signer.clone()).unwrap();
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -354,6 +364,7 @@ pub async fn spawn_tls_app(
         let _ = rx.await;
     }));
     TestApp {
+        signer,
         addr,
         store,
         db,

@@ -1,0 +1,383 @@
+//! The audit log's Merkle tree over the store: tiles, signed checkpoints,
+//! proofs, and the full re-verification an auditor runs.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use sha2::Digest;
+
+use crate::domain::merkle::{self, Hash, TILE, TreeSource};
+use crate::store::Store;
+use crate::store::{StoreError, StoredCheckpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log has no record at position {0} (it is incomplete or was altered)")]
+    Missing(u64),
+    #[error("the signing key is unusable: {0}")]
+    Key(String),
+}
+
+/// The checkpoint signer: an Ed25519 key.
+pub struct Signer {
+    pair: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Short id of a public key: the first 8 hex digits of its SHA-256.
+pub fn key_id_of(public: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(public)[..4])
+}
+
+impl Signer {
+    /// Loads a PKCS#8 key (hex) from `path`, creating one there when missing
+    /// and `create` is set.
+    pub fn load_or_create(path: &Path, create: bool) -> Result<Self, LogError> {
+        if !path.exists() && create {
+            let rng = ring::rand::SystemRandom::new();
+            let doc =
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| LogError::Key(e.to_string()))?;
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d).map_err(|e| LogError::Key(e.to_string()))?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts
+                .open(path)
+                .map_err(|e| LogError::Key(format!("cannot create {}: {e}", path.display())))?;
+            std::io::Write::write_all(
+                &mut f,
+                format!("{}\n", hex::encode(doc.as_ref())).as_bytes(),
+            )
+            .map_err(|e| LogError::Key(e.to_string()))?;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LogError::Key(format!("cannot read {}: {e}", path.display())))?;
+        let der = hex::decode(text.trim())
+            .map_err(|_| LogError::Key(format!("{} is not hex", path.display())))?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|e| LogError::Key(e.to_string()))?;
+        Ok(Self { pair })
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 public keys are 32 bytes")
+    }
+
+    pub fn key_id(&self) -> String {
+        key_id_of(self.pair.public_key().as_ref())
+    }
+
+    pub fn sign(&self, size: u64, root: &Hash, at: i64) -> StoredCheckpoint {
+        let msg = merkle::checkpoint_message(size, root, at);
+        StoredCheckpoint {
+            size,
+            root: *root,
+            signed_at: at,
+            key_id: self.key_id(),
+            signature: self.pair.sign(msg.as_bytes()).as_ref().to_vec(),
+        }
+    }
+}
+
+/// Checks a checkpoint's signature against a public key.
+pub fn verify_checkpoint(public: &[u8; 32], c: &StoredCheckpoint) -> bool {
+    let msg = merkle::checkpoint_message(c.size, &c.root, c.signed_at);
+    UnparsedPublicKey::new(&ED25519, public)
+        .verify(msg.as_bytes(), &c.signature)
+        .is_ok()
+}
+
+/// The part of the tree a computation needs: stored tile hashes plus the
+/// leaf hashes of a few tiles.
+pub struct TreeView {
+    tiles: Vec<Hash>,
+    leaves: HashMap<u64, Hash>,
+}
+
+impl TreeSource for TreeView {
+    fn leaf(&self, i: u64) -> Hash {
+        // `load` fetched every tile the computation descends into.
+        self.leaves[&i]
+    }
+    fn tile(&self, t: u64) -> Option<Hash> {
+        self.tiles.get(t as usize).copied()
+    }
+}
+
+/// Stores the hash of every complete tile below `size` not stored yet.
+pub async fn ensure_tiles(store: &Store, size: u64) -> Result<(), LogError> {
+    let have = store.audit_tiles(size / TILE).await?.len() as u64;
+    let mut new = Vec::new();
+    for t in have..size / TILE {
+        let leaves = full_leaves(store, t * TILE, (t + 1) * TILE).await?;
+        new.push((t, merkle::subtree(&leaves, 0, TILE)));
+        if new.len() == 256 {
+            store.put_audit_tiles(&new).await?;
+            new.clear();
+        }
+    }
+    store.put_audit_tiles(&new).await?;
+    Ok(())
+}
+
+async fn full_leaves(store: &Store, lo: u64, hi: u64) -> Result<Vec<Hash>, LogError> {
+    let rows = store.audit_leaf_hashes(lo, hi).await?;
+    let mut out = Vec::with_capacity((hi - lo) as usize);
+    for (k, (i, h)) in rows.into_iter().enumerate() {
+        match h {
+            Some(h) if i == lo + k as u64 => out.push(h),
+            _ => return Err(LogError::Missing(lo + k as u64)),
+        }
+    }
+    if out.len() as u64 != hi - lo {
+        return Err(LogError::Missing(lo + out.len() as u64));
+    }
+    Ok(out)
+}
+
+impl TreeView {
+    /// Loads what a root, or proofs touching the leaves in `positions`,
+    /// of the tree of `size` leaves need.
+    pub async fn load(store: &Store, size: u64, positions: &[u64]) -> Result<Self, LogError> {
+        ensure_tiles(store, size).await?;
+        let tiles: Vec<Hash> = store
+            .audit_tiles(size / TILE)
+            .await?
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect();
+        let mut wanted: Vec<u64> = positions.iter().map(|p| p / TILE).collect();
+        if size % TILE != 0 {
+            wanted.push(size / TILE);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut leaves = HashMap::new();
+        for t in wanted {
+            let lo = t * TILE;
+            let hi = ((t + 1) * TILE).min(size);
+            for (k, h) in full_leaves(store, lo, hi).await?.into_iter().enumerate() {
+                leaves.insert(lo + k as u64, h);
+            }
+        }
+        Ok(Self { tiles, leaves })
+    }
+}
+
+/// Publishes a checkpoint of the current log if it grew since the last one;
+/// returns the latest checkpoint either way.
+pub async fn publish_checkpoint(
+    store: &Store,
+    signer: &Signer,
+) -> Result<Option<StoredCheckpoint>, LogError> {
+    let size = store.audit_size().await?;
+    let latest = store.audit_checkpoints().await?.pop();
+    if latest.as_ref().is_some_and(|c| c.size == size) || size == 0 {
+        return Ok(latest);
+    }
+    let view = TreeView::load(store, size, &[]).await?;
+    let root = merkle::root(&view, size);
+    let c = signer.sign(size, &root, crate::clock::now_micros());
+    store.put_audit_checkpoint(&c).await?;
+    Ok(Some(c))
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub records: u64,
+    pub root: Hash,
+    pub checkpoints: usize,
+    /// The first problem, with the first position it affects.
+    pub problem: Option<(u64, String)>,
+}
+
+/// Recomputes the whole log from the stored records: every record's hash
+/// from its content and position, every tile, and every checkpoint's root
+/// (and signature, given the public key). Stops at the first problem.
+pub async fn verify_log(
+    store: &Store,
+    public: Option<&[u8; 32]>,
+) -> Result<Verification, LogError> {
+    let checkpoints = store.audit_checkpoints().await?;
+    let stored_tiles: Vec<Hash> = store
+        .audit_tiles(u64::MAX / TILE)
+        .await?
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    let head = store.audit_size().await?;
+    let fail = |pos: u64, what: String, records: u64| Verification {
+        records,
+        root: [0; 32],
+        checkpoints: checkpoints.len(),
+        problem: Some((pos, what)),
+    };
+    if let Some(pk) = public {
+        for c in &checkpoints {
+            if !verify_checkpoint(pk, c) {
+                return Ok(fail(
+                    c.size,
+                    format!("the checkpoint of size {} has an invalid signature", c.size),
+                    0,
+                ));
+            }
+        }
+    }
+    let mut tiles: Vec<Hash> = Vec::new();
+    let mut partial: Vec<Hash> = Vec::new();
+    let mut next = 0u64;
+    let mut cps = checkpoints.iter().peekable();
+    let check_checkpoints = |n: u64,
+                             tiles: &[Hash],
+                             partial: &[Hash],
+                             cps: &mut std::iter::Peekable<
+        std::slice::Iter<'_, StoredCheckpoint>,
+    >|
+     -> Option<String> {
+        while let Some(c) = cps.peek() {
+            if c.size > n {
+                break;
+            }
+            if c.size == n {
+                let view = Recomputed {
+                    tiles,
+                    partial,
+                    base: n / TILE * TILE,
+                };
+                if merkle::root(&view, n) != c.root {
+                    return Some(format!(
+                        "the log's first {n} records do not match the checkpoint signed at {} (a record before position {n} was changed, inserted, removed or moved)",
+                        c.signed_at
+                    ));
+                }
+            }
+            cps.next();
+        }
+        None
+    };
+    if let Some(msg) = check_checkpoints(0, &tiles, &partial, &mut cps) {
+        return Ok(fail(0, msg, 0));
+    }
+    loop {
+        let batch = store.audit_records_from(next, 5000).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            if r.index != next {
+                return Ok(fail(
+                    next,
+                    format!("the record at position {next} is missing (deleted?)"),
+                    next,
+                ));
+            }
+            if r.index >= head {
+                return Ok(fail(
+                    next,
+                    format!(
+                        "the record at position {next} ({}) lies beyond the log's head of {head} (inserted?)",
+                        r.record.audit_id
+                    ),
+                    next,
+                ));
+            }
+            let h = merkle::leaf_hash(r.index, &r.record);
+            if r.leaf_hash != Some(h) {
+                return Ok(fail(
+                    next,
+                    format!(
+                        "the record at position {next} ({}) does not match its leaf hash (edited or moved)",
+                        r.record.audit_id
+                    ),
+                    next,
+                ));
+            }
+            partial.push(h);
+            next += 1;
+            if partial.len() as u64 == TILE {
+                let t = merkle::subtree(&partial, 0, TILE);
+                let idx = tiles.len();
+                if stored_tiles.get(idx).is_some_and(|s| *s != t) {
+                    return Ok(fail(
+                        idx as u64 * TILE,
+                        format!(
+                            "records {}..{} do not match their stored tile hash (changed or moved)",
+                            idx as u64 * TILE,
+                            (idx as u64 + 1) * TILE
+                        ),
+                        next,
+                    ));
+                }
+                tiles.push(t);
+                partial.clear();
+            }
+            if let Some(msg) = check_checkpoints(next, &tiles, &partial, &mut cps) {
+                let from = tiles.len() as u64 * TILE;
+                return Ok(fail(from.min(next.saturating_sub(1)), msg, next));
+            }
+        }
+    }
+    if next < head {
+        return Ok(fail(
+            next,
+            format!(
+                "the log holds {next} records but its head says {head}: records from position {next} are missing (truncated?)"
+            ),
+            next,
+        ));
+    }
+    if let Some(c) = cps.peek() {
+        return Ok(fail(
+            next,
+            format!(
+                "the log ends at {next} records but a signed checkpoint covers {}: records from position {next} are missing (truncated?)",
+                c.size
+            ),
+            next,
+        ));
+    }
+    let view = Recomputed {
+        tiles: &tiles,
+        partial: &partial,
+        base: tiles.len() as u64 * TILE,
+    };
+    Ok(Verification {
+        records: next,
+        root: merkle::root(&view, next),
+        checkpoints: checkpoints.len(),
+        problem: None,
+    })
+}
+
+/// Recomputed tiles plus the leaves of the tile in progress.
+struct Recomputed<'a> {
+    tiles: &'a [Hash],
+    partial: &'a [Hash],
+    base: u64,
+}
+
+impl TreeSource for Recomputed<'_> {
+    fn leaf(&self, i: u64) -> Hash {
+        self.partial[(i - self.base) as usize]
+    }
+    fn tile(&self, t: u64) -> Option<Hash> {
+        self.tiles.get(t as usize).copied()
+    }
+}
