@@ -163,7 +163,7 @@ impl TreeView {
             .map(|(_, h)| h)
             .collect();
         let mut wanted: Vec<u64> = positions.iter().map(|p| p / TILE).collect();
-        if size % TILE != 0 {
+        if !size.is_multiple_of(TILE) {
             wanted.push(size / TILE);
         }
         wanted.sort_unstable();

@@ -7,11 +7,14 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::CliError;
 use super::client::ClientArgs;
+use crate::audit::log::{Signer, verify_checkpoint, verify_log};
 use crate::config::Config;
 use crate::domain::CivilDate;
+use crate::domain::merkle;
 use crate::grpc::audit::timestamp;
 use crate::grpc::convert;
 use crate::proto as pb;
+use crate::store::StoredCheckpoint;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -36,6 +39,62 @@ pub enum AuditCommand {
         format: Format,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Print the public key that verifies this gateway's checkpoints.
+    Pubkey,
+    /// Show the latest signed checkpoint (tree size, root, time), verified
+    /// with the public key when one is given.
+    Checkpoint {
+        /// Publish a checkpoint of the current log first (auditors).
+        #[arg(long)]
+        fresh: bool,
+        /// Also save it as JSON (for later consistency checks).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prove that a record is in the signed log, and check the proof.
+    ///
+    /// With --audit-id, fetches the proof from the gateway; with --proof, checks
+    /// a saved proof offline. Either way the check needs only the public key.
+    Prove {
+        #[arg(long, required_unless_present = "proof")]
+        audit_id: Option<String>,
+        /// Check a proof saved with --save, without contacting the gateway.
+        #[arg(long, conflicts_with = "audit_id")]
+        proof: Option<PathBuf>,
+        /// Save the fetched proof as JSON.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// `ed25519:<hex>` from `simverify audit pubkey` [default: this
+        /// machine's signing key].
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// Prove against the checkpoint of this size [default: the latest].
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prove that an older checkpoint's log is a prefix of a newer one's.
+    Consistency {
+        #[arg(long)]
+        first: u64,
+        /// [default: the latest checkpoint]
+        #[arg(long, default_value_t = 0)]
+        second: u64,
+        #[arg(long)]
+        pubkey: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Recompute the whole log from the store (run where the database is):
+    /// every record's hash, every tile, every signed checkpoint. Reports the
+    /// first record that does not match, or the record count and root.
+    Verify {
+        #[arg(long)]
+        pubkey: Option<String>,
     },
     /// Write every matching record to a file (streamed page by page).
     Export {
@@ -410,9 +469,276 @@ async fn pages(
     }
 }
 
+/// `ed25519:<hex>` → key bytes.
+fn parse_pubkey(s: &str) -> Result<[u8; 32], CliError> {
+    let h = s.strip_prefix("ed25519:").unwrap_or(s);
+    hex::decode(h)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| CliError::Usage("pubkey: expected ed25519:<64 hex digits>".into()))
+}
+
+/// The public key to check against: the flag, else this machine's key.
+fn pubkey(cfg: &Config, flag: &Option<String>) -> Result<[u8; 32], CliError> {
+    match flag {
+        Some(s) => parse_pubkey(s),
+        None => {
+            let (path, _) = cfg.audit_signing_key();
+            let signer = Signer::load_or_create(&path, false).map_err(|e| {
+                CliError::Usage(format!(
+                    "pubkey: no --pubkey given and no local signing key ({e})"
+                ))
+            })?;
+            Ok(signer.public_key())
+        }
+    }
+}
+
+fn stored(c: &pb::SignedCheckpoint) -> Result<StoredCheckpoint, CliError> {
+    Ok(StoredCheckpoint {
+        size: c.size,
+        root: c
+            .root
+            .as_slice()
+            .try_into()
+            .map_err(|_| CliError::Data("checkpoint root is not 32 bytes".into()))?,
+        signed_at: c.signed_at_micros,
+        key_id: c.key_id.clone(),
+        signature: c.signature.clone(),
+    })
+}
+
+fn hashes(v: &[Vec<u8>]) -> Result<Vec<merkle::Hash>, CliError> {
+    v.iter()
+        .map(|h| {
+            h.as_slice()
+                .try_into()
+                .map_err(|_| CliError::Data("proof hash is not 32 bytes".into()))
+        })
+        .collect()
+}
+
+/// A proof as saved to disk: everything an offline check needs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedProof {
+    audit_id: String,
+    leaf_index: u64,
+    leaf: String,
+    path: Vec<String>,
+    checkpoint: SavedCheckpoint,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedCheckpoint {
+    size: u64,
+    root: String,
+    signed_at_micros: i64,
+    key_id: String,
+    signature: String,
+}
+
+impl SavedCheckpoint {
+    fn of(c: &StoredCheckpoint) -> Self {
+        Self {
+            size: c.size,
+            root: hex::encode(c.root),
+            signed_at_micros: c.signed_at,
+            key_id: c.key_id.clone(),
+            signature: hex::encode(&c.signature),
+        }
+    }
+    fn to_stored(&self) -> Result<StoredCheckpoint, CliError> {
+        let bad = || CliError::Data("the saved checkpoint is malformed".into());
+        Ok(StoredCheckpoint {
+            size: self.size,
+            root: hex::decode(&self.root)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(bad)?,
+            signed_at: self.signed_at_micros,
+            key_id: self.key_id.clone(),
+            signature: hex::decode(&self.signature).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Checks a proof with the public key only; says what failed.
+fn check_proof(p: &SavedProof, key: &[u8; 32]) -> Result<(), CliError> {
+    let cp = p.checkpoint.to_stored()?;
+    if !verify_checkpoint(key, &cp) {
+        return Err(CliError::Data(
+            "PROOF FAILED: the checkpoint's signature does not verify with this public key".into(),
+        ));
+    }
+    let leaf =
+        hex::decode(&p.leaf).map_err(|_| CliError::Data("the saved leaf is not hex".into()))?;
+    let path: Vec<merkle::Hash> = p
+        .path
+        .iter()
+        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| CliError::Data("the saved path is malformed".into()))?;
+    let leaf_hash = merkle::leaf_hash_of_bytes(&leaf);
+    if !merkle::verify_inclusion(&leaf_hash, p.leaf_index, cp.size, &path, &cp.root) {
+        return Err(CliError::Data(format!(
+            "PROOF FAILED: record {} at position {} is not in the log signed at size {} (altered or not included)",
+            p.audit_id, p.leaf_index, cp.size
+        )));
+    }
+    Ok(())
+}
+
 pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::Internal(e.to_string());
     match cmd {
+        AuditCommand::Pubkey => {
+            let (path, create) = cfg.audit_signing_key();
+            let s = Signer::load_or_create(&path, create).map_err(|e| {
+                CliError::Usage(format!("configuration: audit_signing_key_file: {e}"))
+            })?;
+            println!("ed25519:{}", hex::encode(s.public_key()));
+            eprintln!("key id {}", s.key_id());
+            Ok(())
+        }
+        AuditCommand::Checkpoint {
+            fresh,
+            save,
+            client,
+        } => {
+            let mut c =
+                pb::audit_client::AuditClient::new(client.connect_as(cfg, "auditor").await?);
+            let cp = c
+                .checkpoint(pb::CheckpointRequest { fresh })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let st = stored(&cp)?;
+            println!("size       {}", st.size);
+            println!("root       {}", hex::encode(st.root));
+            println!("signed_at  {}", rfc3339(&Some(timestamp(st.signed_at))));
+            println!("key_id     {}", st.key_id);
+            if let Some(path) = save {
+                let json =
+                    serde_json::to_vec_pretty(&SavedCheckpoint::of(&st)).expect("serialisable");
+                std::fs::write(&path, json).map_err(io)?;
+            }
+            Ok(())
+        }
+        AuditCommand::Prove {
+            audit_id,
+            proof,
+            save,
+            pubkey: pk,
+            tree_size,
+            client,
+        } => {
+            let key = pubkey(cfg, &pk)?;
+            let saved = match (audit_id, proof) {
+                (_, Some(path)) => {
+                    serde_json::from_slice::<SavedProof>(&std::fs::read(&path).map_err(io)?)
+                        .map_err(|e| {
+                            CliError::Data(format!("{}: not a saved proof ({e})", path.display()))
+                        })?
+                }
+                (Some(id), None) => {
+                    let mut c = pb::audit_client::AuditClient::new(
+                        client.connect_as(cfg, "auditor").await?,
+                    );
+                    let p = c
+                        .prove_inclusion(pb::InclusionRequest {
+                            audit_id: id.clone(),
+                            tree_size,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let cp = stored(
+                        p.checkpoint
+                            .as_ref()
+                            .ok_or_else(|| CliError::Data("no checkpoint in the proof".into()))?,
+                    )?;
+                    SavedProof {
+                        audit_id: id,
+                        leaf_index: p.leaf_index,
+                        leaf: hex::encode(&p.leaf),
+                        path: hashes(&p.path)?.iter().map(hex::encode).collect(),
+                        checkpoint: SavedCheckpoint::of(&cp),
+                    }
+                }
+                (None, None) => return Err(CliError::Usage("give --audit-id or --proof".into())),
+            };
+            if let Some(path) = save {
+                std::fs::write(
+                    &path,
+                    serde_json::to_vec_pretty(&saved).expect("serialisable"),
+                )
+                .map_err(io)?;
+            }
+            check_proof(&saved, &key)?;
+            println!(
+                "proof OK: record {} is at position {} of the log signed at size {} (root {})",
+                saved.audit_id, saved.leaf_index, saved.checkpoint.size, saved.checkpoint.root
+            );
+            Ok(())
+        }
+        AuditCommand::Consistency {
+            first,
+            second,
+            pubkey: pk,
+            client,
+        } => {
+            let key = pubkey(cfg, &pk)?;
+            let mut c =
+                pb::audit_client::AuditClient::new(client.connect_as(cfg, "auditor").await?);
+            let p = c
+                .prove_consistency(pb::ConsistencyRequest { first, second })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let missing = || CliError::Data("the proof lacks a checkpoint".into());
+            let (a, b) = (
+                stored(p.first.as_ref().ok_or_else(missing)?)?,
+                stored(p.second.as_ref().ok_or_else(missing)?)?,
+            );
+            if !verify_checkpoint(&key, &a) || !verify_checkpoint(&key, &b) {
+                return Err(CliError::Data(
+                    "PROOF FAILED: a checkpoint's signature does not verify".into(),
+                ));
+            }
+            if !merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &hashes(&p.path)?) {
+                return Err(CliError::Data(format!(
+                    "PROOF FAILED: the log of size {} is not a prefix of the log of size {}",
+                    a.size, b.size
+                )));
+            }
+            println!(
+                "consistency OK: the log of size {} is a prefix of the log of size {}",
+                a.size, b.size
+            );
+            Ok(())
+        }
+        AuditCommand::Verify { pubkey: pk } => {
+            let key = pubkey(cfg, &pk)?;
+            let store = super::open_store(cfg).await?;
+            let v = verify_log(&store, Some(&key))
+                .await
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            store.close().await;
+            match v.problem {
+                None => {
+                    println!(
+                        "audit log intact: {} records, root {}, {} signed checkpoints verified",
+                        v.records,
+                        hex::encode(v.root),
+                        v.checkpoints
+                    );
+                    Ok(())
+                }
+                Some((pos, what)) => Err(CliError::Data(format!(
+                    "AUDIT LOG TAMPERED: first bad position {pos}: {what}"
+                ))),
+            }
+        }
         AuditCommand::Query {
             filter,
             format,

@@ -124,7 +124,7 @@ pub fn subtree<S: TreeSource + ?Sized>(s: &S, lo: u64, hi: u64) -> Hash {
         return s.leaf(lo);
     }
     if n == TILE
-        && lo % TILE == 0
+        && lo.is_multiple_of(TILE)
         && let Some(t) = s.tile(lo / TILE)
     {
         return t;

@@ -31,6 +31,9 @@ pub struct StoredCheckpoint {
     pub signature: Vec<u8>,
 }
 
+/// (size, root, signed_at, key_id, signature) as selected.
+type CheckpointRow = (i64, Vec<u8>, i64, String, Vec<u8>);
+
 fn hash32(b: &[u8], what: &'static str) -> Result<Hash, StoreError> {
     b.try_into().map_err(|_| StoreError::Corrupt(what))
 }

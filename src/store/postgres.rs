@@ -420,13 +420,9 @@ impl PgStore {
                 Ok(AuditStatsRow {
                     caller: r.try_get("caller")?,
                     day: r.try_get("day")?,
-                    decision: i16::try_from(decision)
-                        .ok()
-                        .and_then(crate::domain::Decision::from_i16)
+                    decision: crate::domain::Decision::from_i16(decision)
                         .ok_or(StoreError::Corrupt("decision"))?,
-                    purpose: i16::try_from(purpose)
-                        .ok()
-                        .and_then(crate::domain::Purpose::from_i16)
+                    purpose: crate::domain::Purpose::from_i16(purpose)
                         .ok_or(StoreError::Corrupt("purpose"))?,
                     count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
                 })
@@ -525,7 +521,7 @@ impl PgStore {
     }
 
     pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<super::CheckpointRow> = sqlx::query_as(
             "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints ORDER BY size",
         )
         .fetch_all(&self.pool)

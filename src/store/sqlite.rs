@@ -509,7 +509,7 @@ impl SqliteStore {
     }
 
     pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<super::CheckpointRow> = sqlx::query_as(
             "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints ORDER BY size",
         )
         .fetch_all(&self.pool)

@@ -13,4 +13,5 @@ mod privacy;
 mod python;
 mod store;
 mod stream;
+mod tamper;
 mod verify;

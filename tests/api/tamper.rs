@@ -1,0 +1,306 @@
+//! Tamper evidence: a malicious operator edits the audit tables directly;
+//! `simverify audit verify` names the first bad position, and an inclusion
+//! proof of an altered record fails offline with only the public key.
+
+use std::path::Path;
+use std::process::Command;
+
+use simverify::proto::{Sex, VerifyBatch, VerifyBatchResult};
+use sqlx::Connection;
+use tokio_stream::StreamExt;
+
+use crate::both_backends;
+use crate::helpers::{AppOptions, Backend, TestApp, spawn_app_with};
+use crate::verify::request;
+
+async fn sql(app_url: &str, backend: Backend, statements: &[&str]) {
+    match backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(app_url).await.unwrap();
+            for s in statements {
+                sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(app_url).await.unwrap();
+            for s in statements {
+                sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn cli(url: &str, dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_simverify"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SIMVERIFY__DATA_DIR", dir)
+        .env("SIMVERIFY__DATABASE_URL", url)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn verify_many(app: &TestApp, n: usize) -> Vec<String> {
+    let mut client = app.client().await;
+    let khai = request(
+        "001190012345",
+        "Nguyễn Thị Minh Khai",
+        "1990-05-17",
+        Sex::Female,
+    );
+    let batches: Vec<VerifyBatch> = (0..n.div_ceil(100))
+        .map(|i| VerifyBatch {
+            batch_seq: i as u64,
+            job_id: String::new(),
+            requests: (0..100.min(n - i * 100)).map(|_| khai.clone()).collect(),
+        })
+        .collect();
+    let out: Vec<VerifyBatchResult> = client
+        .verify_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .unwrap();
+    out.into_iter()
+        .flat_map(|b| b.results)
+        .map(|r| r.audit_id)
+        .collect()
+}
+
+async fn tampering_is_caught(backend: Backend) {
+    let app = spawn_app_with(backend, AppOptions::default()).await;
+    let ids = verify_many(&app, 600).await;
+    simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap();
+    let mut more = verify_many(&app, 50).await;
+    let last = simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.size, 650);
+    let mut all = ids.clone();
+    all.append(&mut more);
+    let pubkey = format!("ed25519:{}", hex::encode(app.signer.public_key()));
+    let url = app.db.url.clone();
+    let dir = app.db.dir.path().join("cli");
+    let verify = || cli(&url, &dir, &["audit", "verify", "--pubkey", &pubkey]);
+
+    let (ok, out) = verify();
+    assert!(ok && out.contains("audit log intact: 650 records"), "{out}");
+    // An inclusion proof, checked online, saved, and checked again offline.
+    let proof = app.db.dir.path().join("proof.json");
+    let server = app.endpoint();
+    let prove = |id: &str, save: &Path| {
+        cli(
+            &url,
+            &dir,
+            &[
+                "audit",
+                "prove",
+                "--insecure-plaintext",
+                "--server",
+                &server,
+                "--pubkey",
+                &pubkey,
+                "--audit-id",
+                id,
+                "--save",
+                save.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, out) = prove(&all[100], &proof);
+    assert!(ok && out.contains("proof OK"), "{out}");
+    let (ok, out) = cli(
+        &url,
+        &dir,
+        &[
+            "audit",
+            "prove",
+            "--pubkey",
+            &pubkey,
+            "--proof",
+            proof.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("proof OK: record"), "{out}");
+    // With another key the same proof fails.
+    let other = format!("ed25519:{}", hex::encode([7u8; 32]));
+    let (ok, out) = cli(
+        &url,
+        &dir,
+        &[
+            "audit",
+            "prove",
+            "--pubkey",
+            &other,
+            "--proof",
+            proof.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("PROOF FAILED"), "{out}");
+
+    // 1. A decision is edited in place.
+    sql(
+        &url,
+        backend,
+        &["UPDATE audit_log SET decision = 2 WHERE leaf_index = 100"],
+    )
+    .await;
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("first bad position 100"), "{out}");
+    let altered = app.db.dir.path().join("altered.json");
+    let (ok, out) = prove(&all[100], &altered);
+    assert!(!ok && out.contains("PROOF FAILED"), "{out}");
+    let (ok, out) = cli(
+        &url,
+        &dir,
+        &[
+            "audit",
+            "prove",
+            "--pubkey",
+            &pubkey,
+            "--proof",
+            altered.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("PROOF FAILED"), "offline: {out}");
+    sql(
+        &url,
+        backend,
+        &["UPDATE audit_log SET decision = 1 WHERE leaf_index = 100"],
+    )
+    .await;
+    assert!(verify().0, "restored");
+
+    // 2. Two records are swapped.
+    sql(
+        &url,
+        backend,
+        &[
+            "UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = 300",
+            "UPDATE audit_log SET leaf_index = 300 WHERE leaf_index = 310",
+            "UPDATE audit_log SET leaf_index = 310 WHERE leaf_index = -1",
+        ],
+    )
+    .await;
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("first bad position 300"), "{out}");
+    sql(
+        &url,
+        backend,
+        &[
+            "UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = 300",
+            "UPDATE audit_log SET leaf_index = 300 WHERE leaf_index = 310",
+            "UPDATE audit_log SET leaf_index = 310 WHERE leaf_index = -1",
+        ],
+    )
+    .await;
+    assert!(verify().0, "restored");
+
+    // 3. A forged record is appended.
+    sql(&url, backend, &["INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, consent_ref, \
+        lookup_key, msisdn_hash, key_id, decision, id_result, name_result, dob_result, sex_result, name_tier, \
+        name_score, action, reasons, mirror_version, latency_us, leaf_index, leaf_hash) \
+        SELECT 'forged-1', recorded_at, caller, request_id, job_id, purpose, consent_ref, lookup_key, msisdn_hash, \
+        key_id, decision, id_result, name_result, dob_result, sex_result, name_tier, name_score, action, reasons, \
+        mirror_version, latency_us, 650, leaf_hash FROM audit_log WHERE leaf_index = 10"])
+    .await;
+    let (ok, out) = verify();
+    assert!(!ok && out.contains("first bad position 650"), "{out}");
+    sql(
+        &url,
+        backend,
+        &["DELETE FROM audit_log WHERE audit_id = 'forged-1'"],
+    )
+    .await;
+    assert!(verify().0, "restored");
+
+    // 4. The tail is truncated, and the head row rewound to hide it.
+    sql(
+        &url,
+        backend,
+        &[
+            "DELETE FROM audit_log WHERE leaf_index >= 640",
+            "UPDATE audit_head SET size = 640",
+        ],
+    )
+    .await;
+    let (ok, out) = verify();
+    assert!(
+        !ok && out.contains("first bad position 640") && out.contains("truncated"),
+        "{out}"
+    );
+
+    // 5. A record in the middle is deleted.
+    sql(
+        &url,
+        backend,
+        &["DELETE FROM audit_log WHERE leaf_index = 200"],
+    )
+    .await;
+    let (ok, out) = verify();
+    assert!(
+        !ok && out.contains("first bad position 200") && out.contains("missing"),
+        "{out}"
+    );
+    app.stop().await;
+}
+
+async fn consistency_between_checkpoints(backend: Backend) {
+    let app = spawn_app_with(backend, AppOptions::default()).await;
+    verify_many(&app, 300).await;
+    let first = simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    verify_many(&app, 333).await;
+    let second = simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    let pubkey = format!("ed25519:{}", hex::encode(app.signer.public_key()));
+    let dir = app.db.dir.path().join("cli");
+    let (ok, out) = cli(
+        &app.db.url,
+        &dir,
+        &[
+            "audit",
+            "consistency",
+            "--insecure-plaintext",
+            "--server",
+            &app.endpoint(),
+            "--pubkey",
+            &pubkey,
+            "--first",
+            &first.size.to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "the log of size {} is a prefix of the log of size {}",
+            first.size, second.size
+        )),
+        "{out}"
+    );
+    app.stop().await;
+}
+
+both_backends!(tampering_is_caught, consistency_between_checkpoints);
