@@ -151,6 +151,9 @@ pub struct Config {
     /// Ed25519 key (PKCS#8, hex) that signs audit checkpoints. Defaults to
     /// DATA_DIR/audit-signing.key, created when missing.
     pub audit_signing_key_file: Option<PathBuf>,
+    /// Keep audit records for this many calendar months (UTC); older ones
+    /// are removed hourly, after a checkpoint covers them. Unset: keep all.
+    pub audit_retention_months: Option<u32>,
     pub log: String,
     pub server: ServerSection,
     pub tls: Option<TlsSection>,
@@ -167,6 +170,7 @@ impl Default for Config {
             hash_key_file: None,
             hash_key_id: 1,
             audit_signing_key_file: None,
+            audit_retention_months: None,
             log: "info".to_owned(),
             server: ServerSection::default(),
             tls: None,
@@ -264,6 +268,12 @@ impl Config {
             return Err(ConfigError::new(
                 "server.max_message_bytes",
                 "must be at least 4096",
+            ));
+        }
+        if self.audit_retention_months == Some(0) {
+            return Err(ConfigError::new(
+                "audit_retention_months",
+                "must be at least 1",
             ));
         }
         if s.checkpoint_secs == 0 {
@@ -385,6 +395,19 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The first instant (unix µs, UTC) of the month `months` before the one
+/// containing `now_us`: retention's cutoff.
+pub fn retention_cutoff(now_us: i64, months: u32) -> i64 {
+    let today = crate::domain::CivilDate::from_unix_days(now_us.div_euclid(86_400_000_000));
+    let m = today.year * 12 + i32::from(today.month) - 1 - months as i32;
+    let first = crate::domain::CivilDate {
+        year: m.div_euclid(12),
+        month: (m.rem_euclid(12) + 1) as u8,
+        day: 1,
+    };
+    first.to_unix_days() * 86_400_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +469,29 @@ mod tests {
             daily_quota: None,
         });
         assert_eq!(c.validate().unwrap_err().key, "principals[0].rate_per_sec");
+    }
+
+    #[test]
+    fn retention_cutoff_is_a_month_start() {
+        // 2026-11-22 → keep 1 month: from 2026-10-01.
+        let now = CivilDateExt::days(2026, 11, 22) * 86_400_000_000 + 5;
+        assert_eq!(
+            retention_cutoff(now, 1),
+            CivilDateExt::days(2026, 10, 1) * 86_400_000_000
+        );
+        assert_eq!(
+            retention_cutoff(now, 11),
+            CivilDateExt::days(2025, 12, 1) * 86_400_000_000
+        );
+    }
+
+    struct CivilDateExt;
+    impl CivilDateExt {
+        fn days(y: i32, m: u8, d: u8) -> i64 {
+            crate::domain::CivilDate::new(y, m, d)
+                .unwrap()
+                .to_unix_days()
+        }
     }
 
     #[test]

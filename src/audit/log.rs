@@ -137,7 +137,21 @@ pub async fn ensure_tiles(store: &Store, size: u64) -> Result<(), LogError> {
 }
 
 async fn full_leaves(store: &Store, lo: u64, hi: u64) -> Result<Vec<Hash>, LogError> {
-    let rows = store.audit_leaf_hashes(lo, hi).await?;
+    // Below the retention boundary only kept hashes remain.
+    let pruned = store.audit_pruned_before().await?;
+    let mut rows: Vec<(u64, Option<Hash>)> = if lo < pruned {
+        store
+            .audit_pruned_leaves(lo, hi.min(pruned))
+            .await?
+            .into_iter()
+            .map(|(i, h)| (i, Some(h)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if hi > pruned {
+        rows.extend(store.audit_leaf_hashes(lo.max(pruned), hi).await?);
+    }
     let mut out = Vec::with_capacity((hi - lo) as usize);
     for (k, (i, h)) in rows.into_iter().enumerate() {
         match h {
@@ -201,7 +215,10 @@ pub async fn publish_checkpoint(
 /// What `audit verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
+    /// Size of the log (positions `0..records`).
     pub records: u64,
+    /// Positions before this were removed by retention.
+    pub pruned: u64,
     pub root: Hash,
     pub checkpoints: usize,
     /// The first problem, with the first position it affects.
@@ -225,6 +242,7 @@ pub async fn verify_log(
     let head = store.audit_size().await?;
     let fail = |pos: u64, what: String, records: u64| Verification {
         records,
+        pruned: 0,
         root: [0; 32],
         checkpoints: checkpoints.len(),
         problem: Some((pos, what)),
@@ -240,15 +258,81 @@ pub async fn verify_log(
             }
         }
     }
-    let mut tiles: Vec<Hash> = Vec::new();
-    let mut partial: Vec<Hash> = Vec::new();
-    let mut next = 0u64;
-    let mut cps = checkpoints.iter().peekable();
+    // After retention, the log starts at `start`: what came before is
+    // represented by stored tiles and the kept leaf hashes, which must still
+    // reproduce every older checkpoint.
+    let start = store.audit_pruned_before().await?;
+    let mut tiles: Vec<Hash> = stored_tiles
+        .iter()
+        .take((start / TILE) as usize)
+        .copied()
+        .collect();
+    if (tiles.len() as u64) < start / TILE {
+        return Ok(fail(
+            tiles.len() as u64 * TILE,
+            "tile hashes of pruned records are missing".into(),
+            0,
+        ));
+    }
+    let kept: Vec<(u64, Hash)> = store.audit_pruned_leaves(0, start).await?;
+    for c in checkpoints.iter().filter(|c| c.size <= start) {
+        let base = c.size / TILE * TILE;
+        let partial: Vec<Hash> = kept
+            .iter()
+            .filter(|(i, _)| *i >= base && *i < c.size)
+            .map(|(_, h)| *h)
+            .collect();
+        if partial.len() as u64 != c.size - base {
+            return Ok(fail(
+                base,
+                format!(
+                    "kept hashes for the checkpoint of size {} are missing",
+                    c.size
+                ),
+                0,
+            ));
+        }
+        let view = Recomputed {
+            tiles: &tiles,
+            partial: &partial,
+            base,
+        };
+        if merkle::root(&view, c.size) != c.root {
+            return Ok(fail(
+                0,
+                format!(
+                    "the retained hashes do not match the checkpoint of size {}",
+                    c.size
+                ),
+                0,
+            ));
+        }
+    }
+    let base = start / TILE * TILE;
+    let mut partial: Vec<Hash> = kept
+        .iter()
+        .filter(|(i, _)| *i >= base)
+        .map(|(_, h)| *h)
+        .collect();
+    if partial.len() as u64 != start - base {
+        return Ok(fail(
+            base,
+            "kept hashes at the retention boundary are missing".into(),
+            0,
+        ));
+    }
+    let mut next = start;
+    let mut cps = checkpoints
+        .iter()
+        .filter(|c| c.size > start)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
     let check_checkpoints = |n: u64,
                              tiles: &[Hash],
                              partial: &[Hash],
                              cps: &mut std::iter::Peekable<
-        std::slice::Iter<'_, StoredCheckpoint>,
+        std::vec::IntoIter<&StoredCheckpoint>,
     >|
      -> Option<String> {
         while let Some(c) = cps.peek() {
@@ -272,8 +356,8 @@ pub async fn verify_log(
         }
         None
     };
-    if let Some(msg) = check_checkpoints(0, &tiles, &partial, &mut cps) {
-        return Ok(fail(0, msg, 0));
+    if let Some(msg) = check_checkpoints(start, &tiles, &partial, &mut cps) {
+        return Ok(fail(start, msg, 0));
     }
     loop {
         let batch = store.audit_records_from(next, 5000).await?;
@@ -360,6 +444,7 @@ pub async fn verify_log(
     };
     Ok(Verification {
         records: next,
+        pruned: start,
         root: merkle::root(&view, next),
         checkpoints: checkpoints.len(),
         problem: None,
@@ -380,4 +465,61 @@ impl TreeSource for Recomputed<'_> {
     fn tile(&self, t: u64) -> Option<Hash> {
         self.tiles.get(t as usize).copied()
     }
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// The log now starts at this position.
+    pub start: u64,
+    pub removed: u64,
+}
+
+/// Removes audit records from before `cutoff_us`, keeping the log
+/// verifiable: a checkpoint covering them is published first, their tiles
+/// are stored, and the leaf hashes of every tile the boundary (or an older
+/// checkpoint) cuts through are kept.
+pub async fn apply_retention(
+    store: &Store,
+    signer: &Signer,
+    cutoff_us: i64,
+) -> Result<Retention, LogError> {
+    let latest = publish_checkpoint(store, signer).await?;
+    let size = store.audit_size().await?;
+    let already = store.audit_pruned_before().await?;
+    // Only a prefix of the log can go, and only what a checkpoint covers.
+    let mut c = store
+        .audit_first_index_since(cutoff_us)
+        .await?
+        .unwrap_or(size);
+    c = c.min(latest.map_or(0, |l| l.size));
+    if c <= already {
+        return Ok(Retention {
+            start: already,
+            removed: 0,
+        });
+    }
+    ensure_tiles(store, size).await?;
+    let mut boundaries: Vec<u64> = store
+        .audit_checkpoints()
+        .await?
+        .into_iter()
+        .map(|cp| cp.size)
+        .filter(|&s| s <= c && !s.is_multiple_of(TILE))
+        .collect();
+    if !c.is_multiple_of(TILE) {
+        boundaries.push(c);
+    }
+    let mut keep = Vec::new();
+    for b in boundaries {
+        let lo = b / TILE * TILE;
+        for (k, h) in full_leaves(store, lo, b).await?.into_iter().enumerate() {
+            keep.push((lo + k as u64, h));
+        }
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    store.put_audit_pruned_leaves(&keep).await?;
+    let removed = store.prune_audit_before(c, cutoff_us).await?;
+    Ok(Retention { start: c, removed })
 }

@@ -96,6 +96,15 @@ pub enum AuditCommand {
         #[arg(long)]
         pubkey: Option<String>,
     },
+    /// Remove audit records older than the given months (run where the
+    /// database is). A checkpoint covering them is published first, and the
+    /// hashes the remaining log needs are kept, so `audit verify` and every
+    /// proof still work on what remains.
+    Retain {
+        /// Keep this many calendar months (UTC) before the current one.
+        #[arg(long)]
+        months: u32,
+    },
     /// Write every matching record to a file (streamed page by page).
     Export {
         #[command(flatten)]
@@ -717,6 +726,26 @@ pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
             );
             Ok(())
         }
+        AuditCommand::Retain { months } => {
+            if months == 0 {
+                return Err(CliError::Usage("months: must be at least 1".into()));
+            }
+            let (path, create) = cfg.audit_signing_key();
+            let signer = Signer::load_or_create(&path, create).map_err(|e| {
+                CliError::Usage(format!("configuration: audit_signing_key_file: {e}"))
+            })?;
+            let store = super::open_store(cfg).await?;
+            let cutoff = crate::config::retention_cutoff(crate::clock::now_micros(), months);
+            let r = crate::audit::log::apply_retention(&store, &signer, cutoff)
+                .await
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            store.close().await;
+            println!(
+                "removed {} audit records; the log now starts at position {}",
+                r.removed, r.start
+            );
+            Ok(())
+        }
         AuditCommand::Verify { pubkey: pk } => {
             let key = pubkey(cfg, &pk)?;
             let store = super::open_store(cfg).await?;
@@ -732,6 +761,9 @@ pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
                         hex::encode(v.root),
                         v.checkpoints
                     );
+                    if v.pruned > 0 {
+                        println!("(positions before {} were removed by retention)", v.pruned);
+                    }
                     Ok(())
                 }
                 Some((pos, what)) => Err(CliError::Data(format!(

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub audit_signer: Arc<crate::audit::log::Signer>,
     /// How often a checkpoint of a grown log is published.
     pub checkpoint_interval: Duration,
+    /// Months of audit records to keep (None: all).
+    pub audit_retention_months: Option<u32>,
     pub listen: SocketAddr,
     pub max_batch_items: usize,
     pub max_message_bytes: usize,
@@ -74,6 +76,7 @@ impl ServerConfig {
         Ok(Self {
             audit_signer,
             checkpoint_interval: Duration::from_secs(cfg.server.checkpoint_secs),
+            audit_retention_months: cfg.audit_retention_months,
             listen: cfg.server.listen,
             max_batch_items: cfg.server.max_batch_items,
             max_message_bytes: cfg.server.max_message_bytes,
@@ -89,6 +92,7 @@ impl ServerConfig {
         Self {
             audit_signer,
             checkpoint_interval: Duration::from_secs(60),
+            audit_retention_months: None,
             listen,
             max_batch_items: 5000,
             max_message_bytes: 16 * 1024 * 1024,
@@ -123,6 +127,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 enum Acceptor {
@@ -165,6 +171,12 @@ impl Application {
                 principals: Arc::new(PrincipalMap::from_entries(principals)),
             },
         };
+        // Monthly audit partitions exist before the first insert: attaching
+        // one while inserts target the default partition would race.
+        verifier
+            .store()
+            .ensure_audit_partitions(crate::clock::now_micros())
+            .await?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -212,6 +224,11 @@ impl Application {
             store.clone(),
             cfg.audit_signer.clone(),
             cfg.checkpoint_interval,
+        ));
+        let upkeep = tokio::spawn(audit_upkeep(
+            store.clone(),
+            cfg.audit_signer.clone(),
+            cfg.audit_retention_months,
         ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -296,6 +313,7 @@ impl Application {
             tracing::error!(error = %e, "audit writer task failed");
         }
         checkpoints.abort();
+        upkeep.abort();
         // A last checkpoint covers everything answered before the stop.
         match crate::audit::log::publish_checkpoint(&store, &cfg.audit_signer).await {
             Ok(Some(c)) => tracing::info!(size = c.size, "audit checkpoint published"),
@@ -411,6 +429,35 @@ async fn publish_checkpoints(
         tick.tick().await;
         if let Err(e) = crate::audit::log::publish_checkpoint(&store, &signer).await {
             tracing::error!(error = %e, "publishing an audit checkpoint failed");
+        }
+    }
+}
+
+/// Hourly: monthly audit partitions ahead of time, and retention.
+async fn audit_upkeep(store: Store, signer: Arc<crate::audit::log::Signer>, months: Option<u32>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = crate::clock::now_micros();
+        if let Err(e) = store.ensure_audit_partitions(now).await {
+            tracing::error!(error = %e, "creating audit partitions failed");
+        }
+        if let Some(m) = months {
+            match crate::audit::log::apply_retention(
+                &store,
+                &signer,
+                crate::config::retention_cutoff(now, m),
+            )
+            .await
+            {
+                Ok(r) if r.removed > 0 => tracing::info!(
+                    removed = r.removed,
+                    start = r.start,
+                    "audit retention applied"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "audit retention failed"),
+            }
         }
     }
 }

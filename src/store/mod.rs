@@ -345,6 +345,48 @@ impl Store {
         dispatch!(self, s => s.put_audit_checkpoint(c).await)
     }
 
+    /// Position of the first record retention kept (0 if nothing was pruned).
+    pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.audit_pruned_before().await)
+    }
+
+    /// Kept leaf hashes of pruned records in `lo..hi`.
+    pub async fn audit_pruned_leaves(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Hash)>, StoreError> {
+        dispatch!(self, s => s.audit_pruned_leaves(lo, hi).await)
+    }
+
+    pub async fn put_audit_pruned_leaves(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        if leaves.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.put_audit_pruned_leaves(leaves).await)
+    }
+
+    /// The first position whose record is at or after `cutoff_us`.
+    pub async fn audit_first_index_since(&self, cutoff_us: i64) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.audit_first_index_since(cutoff_us).await)
+    }
+
+    /// Removes every record before position `before` (dropping whole
+    /// monthly partitions on PostgreSQL where it can) and records the new
+    /// start. Returns how many records went.
+    pub async fn prune_audit_before(&self, before: u64, cutoff_us: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_audit_before(before, cutoff_us).await)
+    }
+
+    /// Creates the monthly audit partitions around `now_us` (PostgreSQL;
+    /// nothing to do on SQLite).
+    pub async fn ensure_audit_partitions(&self, now_us: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.ensure_audit_partitions(now_us).await,
+        }
+    }
+
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
     }

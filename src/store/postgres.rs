@@ -553,4 +553,162 @@ impl PgStore {
         .await?;
         Ok(())
     }
+    pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT pruned_before FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn audit_pruned_leaves(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT leaf_index, leaf_hash FROM audit_pruned_leaves WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
+        )
+        .bind(lo as i64)
+        .bind(hi as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(i, h)| Ok((i as u64, hash32(&h, "pruned leaf")?)))
+            .collect()
+    }
+
+    pub async fn put_audit_pruned_leaves(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (i, h) in leaves {
+            sqlx::query("INSERT INTO audit_pruned_leaves (leaf_index, leaf_hash) VALUES ($1, $2) ON CONFLICT (leaf_index) DO NOTHING")
+                .bind(*i as i64)
+                .bind(h.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn audit_first_index_since(&self, cutoff_us: i64) -> Result<Option<u64>, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(leaf_index) FROM audit_log WHERE recorded_at >= $1")
+                .bind(cutoff_us)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n.map(|n| n as u64))
+    }
+
+    pub async fn prune_audit_before(&self, before: u64, cutoff_us: i64) -> Result<u64, StoreError> {
+        let mut dropped = 0u64;
+        // Whole months first: a partition that ends before the cutoff and
+        // holds nothing at or after `before` goes in one statement.
+        for (name, _start, end) in self.audit_partitions().await? {
+            if end > cutoff_us {
+                continue;
+            }
+            let sql = format!("SELECT COUNT(*), MAX(leaf_index) FROM {name}");
+            let (count, max): (i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&self.pool)
+                .await?;
+            if max.is_none_or(|m| (m as u64) < before) {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                    .execute(&self.pool)
+                    .await?;
+                dropped += count as u64;
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM audit_log WHERE leaf_index < $1")
+            .bind(before as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE audit_head SET pruned_before = GREATEST(pruned_before, $1) WHERE id = 1",
+        )
+        .bind(before as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(dropped + n)
+    }
+
+    /// Monthly partitions: (table name, start, end) in unix microseconds.
+    pub async fn audit_partitions(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit_log' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| {
+                let (y, m) = n.strip_prefix("audit_log_y")?.split_once('m')?;
+                let (y, m): (i32, u8) = (y.parse().ok()?, m.parse().ok()?);
+                let (start, end) = month_range(y, m);
+                Some((n, start, end))
+            })
+            .collect())
+    }
+
+    pub async fn ensure_audit_partitions(&self, now_us: i64) -> Result<(), StoreError> {
+        let today = crate::domain::CivilDate::from_unix_days(now_us.div_euclid(86_400_000_000));
+        let existing: Vec<String> = self
+            .audit_partitions()
+            .await?
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        for k in -1i32..=2 {
+            let months = today.year * 12 + i32::from(today.month) - 1 + k;
+            let (y, m) = (months.div_euclid(12), (months.rem_euclid(12) + 1) as u8);
+            let name = format!("audit_log_y{y:04}m{m:02}");
+            if existing.contains(&name) {
+                continue;
+            }
+            let (start, end) = month_range(y, m);
+            // Rows that landed in the default partition for this month move
+            // into the new one, in one transaction.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {name} (LIKE audit_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH moved AS (DELETE FROM audit_log_default WHERE recorded_at >= {start} AND recorded_at < {end} RETURNING *) \
+                 INSERT INTO {name} SELECT * FROM moved"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE audit_log ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end})"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Unix microseconds of the first instant of month `m` of year `y` (UTC) and
+/// of the next month.
+fn month_range(y: i32, m: u8) -> (i64, i64) {
+    let start = crate::domain::CivilDate {
+        year: y,
+        month: m,
+        day: 1,
+    }
+    .to_unix_days();
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let end = crate::domain::CivilDate {
+        year: ny,
+        month: nm,
+        day: 1,
+    }
+    .to_unix_days();
+    (start * 86_400_000_000, end * 86_400_000_000)
 }

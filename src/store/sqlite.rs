@@ -541,4 +541,68 @@ impl SqliteStore {
         .await?;
         Ok(())
     }
+    pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT pruned_before FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn audit_pruned_leaves(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT leaf_index, leaf_hash FROM audit_pruned_leaves WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
+        )
+        .bind(lo as i64)
+        .bind(hi as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(i, h)| Ok((i as u64, hash32(&h, "pruned leaf")?)))
+            .collect()
+    }
+
+    pub async fn put_audit_pruned_leaves(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (i, h) in leaves {
+            sqlx::query("INSERT INTO audit_pruned_leaves (leaf_index, leaf_hash) VALUES (?, ?) ON CONFLICT (leaf_index) DO NOTHING")
+                .bind(*i as i64)
+                .bind(h.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn audit_first_index_since(&self, cutoff_us: i64) -> Result<Option<u64>, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(leaf_index) FROM audit_log WHERE recorded_at >= ?")
+                .bind(cutoff_us)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n.map(|n| n as u64))
+    }
+
+    pub async fn prune_audit_before(
+        &self,
+        before: u64,
+        _cutoff_us: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM audit_log WHERE leaf_index < ?")
+            .bind(before as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE audit_head SET pruned_before = MAX(pruned_before, ?) WHERE id = 1")
+            .bind(before as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
 }

@@ -225,7 +225,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, AppOptions::default()).await
 }
 
+/// Gateway warnings and errors show up in a failing test's output.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+}
+
 pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
+    init_logs();
     let fresh = opts.db.is_none();
     let db = match opts.db {
         Some(db) => db,

@@ -166,7 +166,11 @@ async fn tampering_is_caught(backend: Backend) {
     let (ok, out) = verify();
     assert!(!ok && out.contains("first bad position 100"), "{out}");
     let altered = app.db.dir.path().join("altered.json");
-    let (ok, out) = prove(&all[100], &altered);
+    let at100 = app.store.audit_records_from(100, 1).await.unwrap()[0]
+        .record
+        .audit_id
+        .clone();
+    let (ok, out) = prove(&at100, &altered);
     assert!(!ok && out.contains("PROOF FAILED"), "{out}");
     let (ok, out) = cli(
         &url,
@@ -303,4 +307,163 @@ async fn consistency_between_checkpoints(backend: Backend) {
     app.stop().await;
 }
 
-both_backends!(tampering_is_caught, consistency_between_checkpoints);
+async fn retention_keeps_the_rest_verifiable(backend: Backend) {
+    let app = spawn_app_with(backend, AppOptions::default()).await;
+    let mut all = verify_many(&app, 300).await;
+    simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap();
+    all.extend(verify_many(&app, 300).await);
+    simverify::audit::log::publish_checkpoint(&app.store, &app.signer)
+        .await
+        .unwrap();
+    let cutoff = app.store.audit_records_from(350, 1).await.unwrap()[0]
+        .record
+        .recorded_at;
+    let r = simverify::audit::log::apply_retention(&app.store, &app.signer, cutoff)
+        .await
+        .unwrap();
+    assert!(r.start > 300 && r.start <= 350, "{r:?}");
+    assert_eq!(r.removed, r.start);
+    assert_eq!(app.store.audit_count().await.unwrap() as u64, 600 - r.start);
+
+    let pubkey = format!("ed25519:{}", hex::encode(app.signer.public_key()));
+    let (url, dir, server) = (
+        app.db.url.clone(),
+        app.db.dir.path().join("cli"),
+        app.endpoint(),
+    );
+    let (ok, out) = cli(&url, &dir, &["audit", "verify", "--pubkey", &pubkey]);
+    assert!(
+        ok && out.contains("audit log intact: 600 records") && out.contains("removed by retention"),
+        "{out}"
+    );
+    let proof = |id: &str| {
+        cli(
+            &url,
+            &dir,
+            &[
+                "audit",
+                "prove",
+                "--insecure-plaintext",
+                "--server",
+                &server,
+                "--pubkey",
+                &pubkey,
+                "--audit-id",
+                id,
+            ],
+        )
+    };
+    let kept = app.store.audit_records_from(500, 1).await.unwrap()[0]
+        .record
+        .audit_id
+        .clone();
+    let (ok, out) = proof(&kept);
+    assert!(ok && out.contains("proof OK"), "{out}");
+    let gone = {
+        let mut g = None;
+        for id in &all {
+            if app.store.audit_by_id(id).await.unwrap().is_none() {
+                g = Some(id.clone());
+                break;
+            }
+        }
+        g.expect("some records were removed")
+    };
+    let (ok, _) = proof(&gone);
+    assert!(!ok, "a removed record cannot be proved");
+    let (ok, out) = cli(
+        &url,
+        &dir,
+        &[
+            "audit",
+            "consistency",
+            "--insecure-plaintext",
+            "--server",
+            &server,
+            "--pubkey",
+            &pubkey,
+            "--first",
+            "300",
+        ],
+    );
+    assert!(ok, "{out}");
+    // Tampering with what remains is still caught.
+    sql(
+        &url,
+        backend,
+        &["UPDATE audit_log SET caller = 'someone-else' WHERE leaf_index = 450"],
+    )
+    .await;
+    let (ok, out) = cli(&url, &dir, &["audit", "verify", "--pubkey", &pubkey]);
+    assert!(!ok && out.contains("first bad position 450"), "{out}");
+    app.stop().await;
+}
+
+/// PostgreSQL keeps audit records in monthly partitions; retention drops a
+/// whole month at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_partitions_are_dropped_by_retention_postgres() {
+    use simverify::domain::{AuditRecord, Purpose, Verdict};
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let store = simverify::store::Store::connect(&db.url).await.unwrap();
+    let now = simverify::clock::now_micros();
+    store.ensure_audit_partitions(now).await.unwrap();
+    let parts = || async {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit_log' ORDER BY 1",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        names
+    };
+    let before = parts().await;
+    assert_eq!(before.len(), 5, "default + four months: {before:?}");
+    // Records from last month, then this month.
+    let this_month = simverify::config::retention_cutoff(now, 0);
+    let record = |i: i64, at: i64| AuditRecord {
+        audit_id: format!("r-{i}"),
+        recorded_at: at,
+        caller: "carrier-a".into(),
+        request_id: format!("q-{i}"),
+        job_id: None,
+        purpose: Purpose::Cleanup,
+        consent_ref: None,
+        lookup_key: None,
+        msisdn_hash: None,
+        key_id: 1,
+        verdict: Verdict::invalid(),
+        mirror_version: 1,
+        latency_us: 1,
+    };
+    let old: Vec<_> = (0..300)
+        .map(|i| record(i, this_month - 86_400_000_000 + i))
+        .collect();
+    let new: Vec<_> = (300..400).map(|i| record(i, this_month + i)).collect();
+    store.append_audit(&old).await.unwrap();
+    store.append_audit(&new).await.unwrap();
+    let key = db.dir.path().join("k");
+    let signer = simverify::audit::log::Signer::load_or_create(&key, true).unwrap();
+    let r = simverify::audit::log::apply_retention(&store, &signer, this_month)
+        .await
+        .unwrap();
+    assert_eq!((r.start, r.removed), (300, 300));
+    let after = parts().await;
+    assert_eq!(after.len(), 4, "last month's partition is gone: {after:?}");
+    let v = simverify::audit::log::verify_log(&store, Some(&signer.public_key()))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!((v.records, v.pruned), (400, 300));
+    store.close().await;
+}
+
+both_backends!(
+    tampering_is_caught,
+    consistency_between_checkpoints,
+    retention_keeps_the_rest_verifiable,
+);
