@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use simverify::domain::{
-    AuditFilter, AuditRecord, Decision, FieldResult, KeyedHasher, Msisdn, NameTier, Purpose, Reasons,
-    RecommendedAction, Verdict,
+    AuditFilter, AuditRecord, Decision, FieldResult, KeyedHasher, Msisdn, NameTier, Purpose,
+    Reasons, RecommendedAction, Verdict,
 };
 use simverify::store::Store;
 use sqlx::Connection;
@@ -31,7 +31,9 @@ fn record(i: u64, hasher: &KeyedHasher, start_us: i64, span_us: i64, n: u64) -> 
     // Deterministic spread: 1M subscribers, 5 carriers, 60 days in order.
     let subscriber = (i.wrapping_mul(2_654_435_761) % 1_000_000) as u32;
     let msisdn = Msisdn::parse(&format!("09{:08}", 10_000_000 + subscriber)).unwrap();
-    let id = simverify::domain::CitizenId::from_parts(1, simverify::domain::Sex::Male, 1990, subscriber).unwrap();
+    let id =
+        simverify::domain::CitizenId::from_parts(1, simverify::domain::Sex::Male, 1990, subscriber)
+            .unwrap();
     let decision = match i % 10 {
         0..=6 => Decision::Verified,
         7 | 8 => Decision::Mismatch,
@@ -79,10 +81,17 @@ async fn run(args: Args) {
         let _ = std::fs::remove_file(format!("{}{s}", sqlite.display()));
     }
     let mut admin = sqlx::PgConnection::connect(&args.pg).await.unwrap();
-    for sql in ["DROP DATABASE IF EXISTS simverify_auditq WITH (FORCE)", "CREATE DATABASE simverify_auditq"] {
+    for sql in [
+        "DROP DATABASE IF EXISTS simverify_auditq WITH (FORCE)",
+        "CREATE DATABASE simverify_auditq",
+    ] {
         sqlx::query(sql).execute(&mut admin).await.unwrap();
     }
-    let base = args.pg.rsplit_once('/').map_or(args.pg.as_str(), |(b, _)| b).to_owned();
+    let base = args
+        .pg
+        .rsplit_once('/')
+        .map_or(args.pg.as_str(), |(b, _)| b)
+        .to_owned();
     let n = args.records;
     let now = simverify::clock::now_micros();
     let (start, span) = (now - 60 * DAY_US, 60 * DAY_US);
@@ -90,13 +99,18 @@ async fn run(args: Args) {
     println!();
     println!("| backend | fill rows/s | query | first page (ms, median of 20) |");
     println!("|---|---:|---|---:|");
-    for (name, url) in [("SQLite", format!("sqlite://{}", sqlite.display())), ("PostgreSQL", format!("{base}/simverify_auditq"))] {
+    for (name, url) in [
+        ("SQLite", format!("sqlite://{}", sqlite.display())),
+        ("PostgreSQL", format!("{base}/simverify_auditq")),
+    ] {
         let store = Store::connect(&url).await.unwrap();
         store.ensure_audit_partitions(now).await.unwrap();
         let t = Instant::now();
         let mut i = 0;
         while i < n {
-            let chunk: Vec<_> = (i..(i + 10_000).min(n)).map(|k| record(k, &hasher, start, span, n)).collect();
+            let chunk: Vec<_> = (i..(i + 10_000).min(n))
+                .map(|k| record(k, &hasher, start, span, n))
+                .collect();
             store.append_audit(&chunk).await.unwrap();
             i += chunk.len() as u64;
         }
@@ -104,11 +118,44 @@ async fn run(args: Args) {
         let probe = record(n / 2, &hasher, start, span, n);
         let day = start + 30 * DAY_US;
         let queries: Vec<(&str, AuditFilter)> = vec![
-            ("by subscriber MSISDN", AuditFilter { msisdn_hash: probe.msisdn_hash, ..Default::default() }),
-            ("by subscriber ID", AuditFilter { lookup_key: probe.lookup_key, ..Default::default() }),
-            ("by carrier and day", AuditFilter { caller: Some("mobifone".into()), since: Some(day), until: Some(day + DAY_US), ..Default::default() }),
-            ("by carrier, decision NOT_FOUND", AuditFilter { caller: Some("itel".into()), decision: Some(Decision::NotFound), ..Default::default() }),
-            ("by job id", AuditFilter { job_id: Some("job-3".into()), ..Default::default() }),
+            (
+                "by subscriber MSISDN",
+                AuditFilter {
+                    msisdn_hash: probe.msisdn_hash,
+                    ..Default::default()
+                },
+            ),
+            (
+                "by subscriber ID",
+                AuditFilter {
+                    lookup_key: probe.lookup_key,
+                    ..Default::default()
+                },
+            ),
+            (
+                "by carrier and day",
+                AuditFilter {
+                    caller: Some("mobifone".into()),
+                    since: Some(day),
+                    until: Some(day + DAY_US),
+                    ..Default::default()
+                },
+            ),
+            (
+                "by carrier, decision NOT_FOUND",
+                AuditFilter {
+                    caller: Some("itel".into()),
+                    decision: Some(Decision::NotFound),
+                    ..Default::default()
+                },
+            ),
+            (
+                "by job id",
+                AuditFilter {
+                    job_id: Some("job-3".into()),
+                    ..Default::default()
+                },
+            ),
         ];
         for (q, f) in queries {
             let mut times = Vec::new();
@@ -118,21 +165,41 @@ async fn run(args: Args) {
                 rows = store.query_audit(&f, None, 100).await.unwrap().len();
                 times.push(t.elapsed());
             }
-            println!("| {name} | {fill:.0} | {q} ({rows} rows) | {:.2} |", median(times).as_secs_f64() * 1000.0);
+            println!(
+                "| {name} | {fill:.0} | {q} ({rows} rows) | {:.2} |",
+                median(times).as_secs_f64() * 1000.0
+            );
         }
         // A deep page: the cursor is a position, so page 1000 costs what page 1 does.
         let mut times = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            store.query_audit(&AuditFilter { caller: Some("viettel".into()), ..Default::default() }, Some((n / 2) as i64), 100).await.unwrap();
+            store
+                .query_audit(
+                    &AuditFilter {
+                        caller: Some("viettel".into()),
+                        ..Default::default()
+                    },
+                    Some((n / 2) as i64),
+                    100,
+                )
+                .await
+                .unwrap();
             times.push(t.elapsed());
         }
-        println!("| {name} | {fill:.0} | by carrier, page at the middle of the log | {:.2} |", median(times).as_secs_f64() * 1000.0);
+        println!(
+            "| {name} | {fill:.0} | by carrier, page at the middle of the log | {:.2} |",
+            median(times).as_secs_f64() * 1000.0
+        );
         store.close().await;
     }
 }
 
 fn main() {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run(args));
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(args));
 }

@@ -168,13 +168,8 @@ fn parse_token(t: &str) -> Result<Option<i64>, Status> {
 }
 
 pub fn record_to_pb(r: AuditRecord) -> pb::AuditRecord {
-    let answer = super::convert::response(crate::verifier::Answer {
-        request_id: String::new(),
-        verdict: r.verdict,
-        violations: Vec::new(),
-        audit_id: String::new(),
-        mirror_version: r.mirror_version,
-    });
+    use super::convert::{action, decision, field, tier};
+    let v = r.verdict;
     pb::AuditRecord {
         audit_id: r.audit_id,
         recorded_at: Some(timestamp(r.recorded_at)),
@@ -185,15 +180,15 @@ pub fn record_to_pb(r: AuditRecord) -> pb::AuditRecord {
         consent_ref: r.consent_ref.unwrap_or_default(),
         subject_ref: r.lookup_key.map(|k| hex::encode(k.0)).unwrap_or_default(),
         msisdn_ref: r.msisdn_hash.map(|k| hex::encode(k.0)).unwrap_or_default(),
-        decision: answer.decision,
-        id_number: answer.id_number,
-        full_name: answer.full_name,
-        date_of_birth: answer.date_of_birth,
-        sex: answer.sex,
-        name_tier: answer.name_tier,
-        name_score: answer.name_score,
-        recommended_action: answer.recommended_action,
-        reasons: answer.reasons,
+        decision: decision(v.decision) as i32,
+        id_number: field(v.id_number),
+        full_name: field(v.full_name),
+        date_of_birth: field(v.date_of_birth),
+        sex: field(v.sex),
+        name_tier: tier(v.name_tier) as i32,
+        name_score: u32::from(v.name_score),
+        recommended_action: action(v.action) as i32,
+        reasons: v.reasons.iter().map(|x| x.as_str().to_owned()).collect(),
         mirror_version: r.mirror_version,
         latency_us: r.latency_us,
     }
@@ -395,26 +390,13 @@ impl pb::audit_server::Audit for AuditService {
             .map_err(|e| internal(&e))?;
         self.log_query(&principal, "Stats", recorded, rows.len())
             .await?;
-        let decision = |d: Decision| {
-            super::convert::response(crate::verifier::Answer {
-                request_id: String::new(),
-                verdict: crate::domain::Verdict {
-                    decision: d,
-                    ..crate::domain::Verdict::invalid()
-                },
-                violations: Vec::new(),
-                audit_id: String::new(),
-                mirror_version: 0,
-            })
-            .decision
-        };
         Ok(Response::new(pb::AuditStatsResponse {
             rows: rows
                 .into_iter()
                 .map(|r| pb::AuditStatsRow {
                     carrier_id: r.caller,
                     day: CivilDate::from_unix_days(r.day).to_string(),
-                    decision: decision(r.decision),
+                    decision: super::convert::decision(r.decision) as i32,
                     purpose: super::convert::purpose_to_pb(r.purpose) as i32,
                     count: r.count,
                 })

@@ -54,7 +54,7 @@ pub fn item(r: &pb::VerifyRequest, default_purpose: Purpose) -> Item<'_> {
     }
 }
 
-fn decision(d: Decision) -> pb::Decision {
+pub fn decision(d: Decision) -> pb::Decision {
     match d {
         Decision::Verified => pb::Decision::Verified,
         Decision::Mismatch => pb::Decision::Mismatch,
@@ -64,7 +64,7 @@ fn decision(d: Decision) -> pb::Decision {
     }
 }
 
-fn field(f: FieldResult) -> i32 {
+pub fn field(f: FieldResult) -> i32 {
     (match f {
         FieldResult::Match => pb::FieldResult::Match,
         FieldResult::Mismatch => pb::FieldResult::Mismatch,
@@ -73,7 +73,7 @@ fn field(f: FieldResult) -> i32 {
     }) as i32
 }
 
-fn tier(t: Option<NameTier>) -> pb::NameTier {
+pub fn tier(t: Option<NameTier>) -> pb::NameTier {
     match t {
         None => pb::NameTier::Unspecified,
         Some(NameTier::Exact) => pb::NameTier::Exact,
@@ -83,7 +83,7 @@ fn tier(t: Option<NameTier>) -> pb::NameTier {
     }
 }
 
-fn action(a: RecommendedAction) -> pb::RecommendedAction {
+pub fn action(a: RecommendedAction) -> pb::RecommendedAction {
     match a {
         RecommendedAction::None => pb::RecommendedAction::None,
         RecommendedAction::UpdateSubscriberRecord => pb::RecommendedAction::UpdateSubscriberRecord,

@@ -282,6 +282,9 @@ impl Application {
         };
         let serve = Server::builder()
             .tcp_nodelay(true)
+            .layer(tower::util::MapResponseLayer::new(
+                oversize_as_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -416,6 +419,30 @@ async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
 
 #[cfg(not(unix))]
 async fn reload_on_sighup(_tls: Arc<ReloadableTls>) {}
+
+/// tonic reports a request message over the size limit as OUT_OF_RANGE;
+/// gRPC's reference servers, and our contract, say RESOURCE_EXHAUSTED. Only
+/// that one status is rewritten (in a trailers-only response, which is how
+/// tonic answers a message it could not decode).
+fn oversize_as_resource_exhausted<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let h = resp.headers_mut();
+    let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message length too large")
+                    || m.contains("message%20length%20too%20large")
+            });
+    if oversize {
+        h.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    resp
+}
 
 /// Publishes a signed checkpoint whenever the audit log has grown.
 async fn publish_checkpoints(
