@@ -78,12 +78,22 @@ pub enum AuditCommand {
         client: ClientArgs,
     },
     /// Prove that an older checkpoint's log is a prefix of a newer one's.
+    ///
+    /// Fetches the proof (--first/--second), or checks one saved earlier
+    /// (--proof) offline; either way only the public key is needed.
     Consistency {
-        #[arg(long)]
+        /// Size of the older checkpoint.
+        #[arg(long, default_value_t = 0)]
         first: u64,
         /// [default: the latest checkpoint]
         #[arg(long, default_value_t = 0)]
         second: u64,
+        /// Check a proof saved with --save, without contacting the gateway.
+        #[arg(long)]
+        proof: Option<PathBuf>,
+        /// Save the fetched proof as JSON.
+        #[arg(long)]
+        save: Option<PathBuf>,
         #[arg(long)]
         pubkey: Option<String>,
         #[command(flatten)]
@@ -538,6 +548,13 @@ struct SavedProof {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
+struct SavedConsistency {
+    first: SavedCheckpoint,
+    second: SavedCheckpoint,
+    path: Vec<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SavedCheckpoint {
     size: u64,
     root: String,
@@ -693,28 +710,66 @@ pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
         AuditCommand::Consistency {
             first,
             second,
+            proof,
+            save,
             pubkey: pk,
             client,
         } => {
             let key = pubkey(cfg, &pk)?;
-            let mut c =
-                pb::audit_client::AuditClient::new(client.connect_as(cfg, "auditor").await?);
-            let p = c
-                .prove_consistency(pb::ConsistencyRequest { first, second })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let missing = || CliError::Data("the proof lacks a checkpoint".into());
-            let (a, b) = (
-                stored(p.first.as_ref().ok_or_else(missing)?)?,
-                stored(p.second.as_ref().ok_or_else(missing)?)?,
-            );
+            if proof.is_none() && first == 0 {
+                return Err(CliError::Usage(
+                    "give --first (a checkpoint's size) or --proof FILE".into(),
+                ));
+            }
+            let saved = match proof {
+                Some(path) => {
+                    serde_json::from_slice::<SavedConsistency>(&std::fs::read(&path).map_err(io)?)
+                        .map_err(|e| {
+                        CliError::Data(format!(
+                            "{}: not a saved consistency proof ({e})",
+                            path.display()
+                        ))
+                    })?
+                }
+                None => {
+                    let mut c = pb::audit_client::AuditClient::new(
+                        client.connect_as(cfg, "auditor").await?,
+                    );
+                    let p = c
+                        .prove_consistency(pb::ConsistencyRequest { first, second })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let missing = || CliError::Data("the proof lacks a checkpoint".into());
+                    SavedConsistency {
+                        first: SavedCheckpoint::of(&stored(p.first.as_ref().ok_or_else(missing)?)?),
+                        second: SavedCheckpoint::of(&stored(
+                            p.second.as_ref().ok_or_else(missing)?,
+                        )?),
+                        path: hashes(&p.path)?.iter().map(hex::encode).collect(),
+                    }
+                }
+            };
+            if let Some(path) = save {
+                std::fs::write(
+                    &path,
+                    serde_json::to_vec_pretty(&saved).expect("serialisable"),
+                )
+                .map_err(io)?;
+            }
+            let (a, b) = (saved.first.to_stored()?, saved.second.to_stored()?);
             if !verify_checkpoint(&key, &a) || !verify_checkpoint(&key, &b) {
                 return Err(CliError::Data(
                     "PROOF FAILED: a checkpoint's signature does not verify".into(),
                 ));
             }
-            if !merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &hashes(&p.path)?) {
+            let path: Vec<merkle::Hash> = saved
+                .path
+                .iter()
+                .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| CliError::Data("the saved path is malformed".into()))?;
+            if !merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path) {
                 return Err(CliError::Data(format!(
                     "PROOF FAILED: the log of size {} is not a prefix of the log of size {}",
                     a.size, b.size

@@ -282,6 +282,7 @@ async fn reflection_lists_services_and_error_details(backend: Backend) {
 }
 
 both_backends!(
+    internal_errors_leak_nothing,
     overload_is_shed_at_once,
     expired_deadlines_are_not_audited_as_answered,
     oversize_messages_get_a_clear_error,
@@ -349,4 +350,60 @@ async fn health_follows_the_store_postgres() {
     }
     assert_eq!(seen, ServingStatus::Serving);
     app.stop().await;
+}
+
+/// When the store fails, the caller gets INTERNAL with a correlation id and
+/// nothing of the cause (no SQL, no table names, no paths).
+async fn internal_errors_leak_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut client = VerificationClient::new(
+        tonic::transport::Endpoint::from_shared(app.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let rename = "ALTER TABLE audit_head RENAME TO audit_head_gone";
+    match app.db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query(rename).execute(&mut c).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query(rename).execute(&mut c).await.unwrap();
+        }
+    }
+    let e = client.verify(khai()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert!(
+        e.message().starts_with("internal error (correlation id "),
+        "{}",
+        e.message()
+    );
+    for leak in [
+        "audit_head",
+        "SQL",
+        "sqlite",
+        "postgres",
+        "/",
+        "does not exist",
+        "no such",
+        "table",
+    ] {
+        assert!(
+            !e.message().contains(leak),
+            "status leaks {leak:?}: {}",
+            e.message()
+        );
+    }
+    let info = e
+        .get_error_details()
+        .request_info()
+        .cloned()
+        .expect("RequestInfo");
+    assert!(
+        e.message().contains(&info.request_id),
+        "the correlation id is in the details too"
+    );
 }

@@ -281,6 +281,7 @@ async fn consistency_between_checkpoints(backend: Backend) {
         .unwrap();
     let pubkey = format!("ed25519:{}", hex::encode(app.signer.public_key()));
     let dir = app.db.dir.path().join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
     let (ok, out) = cli(
         &app.db.url,
         &dir,
@@ -294,17 +295,50 @@ async fn consistency_between_checkpoints(backend: Backend) {
             &pubkey,
             "--first",
             &first.size.to_string(),
+            "--save",
+            dir.join("consistency.json").to_str().unwrap(),
         ],
     );
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&format!(
-            "the log of size {} is a prefix of the log of size {}",
-            first.size, second.size
-        )),
-        "{out}"
+    let expected = format!(
+        "the log of size {} is a prefix of the log of size {}",
+        first.size, second.size
     );
-    app.stop().await;
+    assert!(out.contains(&expected), "{out}");
+    let _db = app.stop().await; // keeps the directory holding the saved proof
+    // Offline, from the saved proof and the public key alone.
+    let saved = dir.join("consistency.json");
+    let (ok, out) = cli(
+        "sqlite:///nonexistent/never-opened.db",
+        &dir,
+        &[
+            "audit",
+            "consistency",
+            "--pubkey",
+            &pubkey,
+            "--proof",
+            saved.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains(&expected), "{out}");
+    // A proof of a different history does not verify.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    json["path"][0] = serde_json::Value::String(hex::encode([9u8; 32]));
+    std::fs::write(&saved, serde_json::to_vec(&json).unwrap()).unwrap();
+    let (ok, out) = cli(
+        "sqlite:///nonexistent/never-opened.db",
+        &dir,
+        &[
+            "audit",
+            "consistency",
+            "--pubkey",
+            &pubkey,
+            "--proof",
+            saved.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("PROOF FAILED"), "{out}");
 }
 
 async fn retention_keeps_the_rest_verifiable(backend: Backend) {
