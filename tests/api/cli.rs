@@ -156,6 +156,11 @@ async fn serve_verify_and_stop(backend: Backend) {
 
     // The demo population is deterministic; pick a living person from it.
     let pop = std::fs::read_to_string(dir.join("demo-population.csv")).unwrap();
+    // The README's example subscriber is in every demo population.
+    assert!(
+        pop.contains("\n040199224981,Đoàn Thị Hằng,1999-10-31,F,\n"),
+        "README example missing"
+    );
     let person: Vec<&str> = pop
         .lines()
         .skip(1)
