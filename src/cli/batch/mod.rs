@@ -184,7 +184,7 @@ impl Progress {
             let b = indicatif::ProgressBar::new(total.unwrap_or(0));
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}",
+                    "{bar:30} {pos}/{len} rows  ETA {eta}  {msg}",
                 )
                 .expect("static template"),
             );
@@ -212,8 +212,10 @@ impl Progress {
             c("INVALID")
         );
         if let Some(b) = &self.bar {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = (cp.rows_done - self.first_row) as f64 / secs;
             b.set_position(cp.rows_done);
-            b.set_message(counts);
+            b.set_message(format!("{rate:.0} rows/s  {counts}"));
         } else if !self.quiet && self.last_line.get().elapsed() >= Duration::from_secs(5) {
             self.last_line.set(Instant::now());
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
