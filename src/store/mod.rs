@@ -7,6 +7,7 @@
 //! **Architecture invariant:** sqlx types never leave this module.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};

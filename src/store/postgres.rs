@@ -76,6 +76,8 @@ fn key_bytes(keys: &[LookupKey]) -> Vec<Vec<u8>> {
 }
 
 impl PgStore {
+    super::shared::shared_methods!(Postgres, i16);
+
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -85,15 +87,6 @@ impl PgStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 
     pub async fn key_fingerprint(&self, key_id: u16, fp: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
@@ -113,20 +106,6 @@ impl PgStore {
         )
     }
 
-    pub async fn get_record(&self, key: &LookupKey) -> Result<Option<MirrorRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
-             dob_precision, sex_hash, status, source_version FROM mirror_records WHERE lookup_key = $1",
-        )
-        .bind(&key.0[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(mirror_row(&r)?.into_record()?.1)),
-        }
-    }
-
     pub async fn get_records(
         &self,
         keys: &[LookupKey],
@@ -140,21 +119,6 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| mirror_row(r)?.into_record()).collect()
-    }
-
-    pub async fn mirror_version(&self) -> Result<i64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(version) FROM mirror_imports WHERE finished_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(v.unwrap_or(0))
-    }
-
-    pub async fn record_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM mirror_records")
-            .fetch_one(&self.pool)
-            .await?)
     }
 
     pub async fn begin_import(&self, source: &str) -> Result<i64, StoreError> {
@@ -262,48 +226,6 @@ impl PgStore {
         Ok(deleted.len() as u64)
     }
 
-    pub async fn finish_import(
-        &self,
-        version: i64,
-        s: ImportStats,
-        now_us: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE mirror_imports SET finished_at = $1, rows_upserted = $2, rows_deleted = $3, \
-             rows_rejected = $4 WHERE version = $5",
-        )
-        .bind(now_us)
-        .bind(s.upserted as i64)
-        .bind(s.deleted as i64)
-        .bind(s.rejected as i64)
-        .bind(version)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn changed_since(
-        &self,
-        version: i64,
-        limit: usize,
-    ) -> Result<Option<Vec<LookupKey>>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "(SELECT lookup_key FROM mirror_records WHERE source_version > $1) \
-             UNION ALL (SELECT lookup_key FROM mirror_deletions WHERE version > $1) LIMIT $2",
-        )
-        .bind(version)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.len() > limit {
-            return Ok(None);
-        }
-        rows.iter()
-            .map(|b| LookupKey::from_slice(b).ok_or(StoreError::Corrupt("lookup_key")))
-            .collect::<Result<_, _>>()
-            .map(Some)
-    }
-
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
         macro_rules! col {
             ($f:expr) => {
@@ -368,144 +290,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn audit_by_id(&self, audit_id: &str) -> Result<Option<AuditRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = $1")
-            .bind(audit_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(audit_row(&r)?.into_record()?)),
-        }
-    }
-
-    pub async fn audit_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-    pub async fn query_audit(
-        &self,
-        filter: &AuditFilter,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM audit_log");
-        push_audit_filter!(qb, filter);
-        if let Some(a) = after {
-            qb.push(" AND seq > ").push_bind(a);
-        }
-        qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("seq")?, audit_row(r)?.into_record()?)))
-            .collect()
-    }
-
-    pub async fn audit_stats(
-        &self,
-        filter: &AuditFilter,
-    ) -> Result<Vec<AuditStatsRow>, StoreError> {
-        let mut qb: QueryBuilder<Postgres> =
-            QueryBuilder::new("SELECT caller, (recorded_at / 1000000 + ");
-        qb.push_bind(super::VN_OFFSET_SECS);
-        qb.push(") / 86400 AS day, decision, purpose, COUNT(*) AS n FROM audit_log");
-        push_audit_filter!(qb, filter);
-        qb.push(" GROUP BY caller, day, decision, purpose ORDER BY day, caller, decision, purpose");
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                let decision = r.try_get::<i16, _>("decision")?;
-                let purpose = r.try_get::<i16, _>("purpose")?;
-                Ok(AuditStatsRow {
-                    caller: r.try_get("caller")?,
-                    day: r.try_get("day")?,
-                    decision: crate::domain::Decision::from_i16(decision)
-                        .ok_or(StoreError::Corrupt("decision"))?,
-                    purpose: crate::domain::Purpose::from_i16(purpose)
-                        .ok_or(StoreError::Corrupt("purpose"))?,
-                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-
-    pub async fn record_audit_query(&self, q: &AuditQueryLog) -> Result<(), StoreError> {
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO audit_queries (asked_at, caller, role, method, filters, returned) ",
-        );
-        qb.push_values([q], |mut b, q| {
-            b.push_bind(q.asked_at)
-                .push_bind(q.caller.clone())
-                .push_bind(q.role.clone())
-                .push_bind(q.method.clone())
-                .push_bind(q.filters.clone())
-                .push_bind(q.returned as i64);
-        });
-        qb.build().execute(&self.pool).await?;
-        Ok(())
-    }
-    pub async fn audit_size(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT size FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n as u64)
-    }
-
-    pub async fn audit_leaf_hashes(
-        &self,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<(u64, Option<Hash>)>, StoreError> {
-        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT leaf_index, leaf_hash FROM audit_log WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
-        )
-        .bind(lo as i64)
-        .bind(hi as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(i, h)| Ok((i as u64, h.map(|h| hash32(&h, "leaf_hash")).transpose()?)))
-            .collect()
-    }
-
-    pub async fn audit_records_from(
-        &self,
-        from: u64,
-        limit: u32,
-    ) -> Result<Vec<IndexedAuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
-        )
-        .bind(from as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(indexed_row).collect()
-    }
-
-    pub async fn audit_leaf_of(
-        &self,
-        audit_id: &str,
-    ) -> Result<Option<IndexedAuditRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM audit_log WHERE audit_id = $1")
-            .bind(audit_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(indexed_row).transpose()
-    }
-
-    pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT tile, hash FROM audit_tiles WHERE tile < $1 ORDER BY tile")
-                .bind(below as i64)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(t, h)| Ok((t as u64, hash32(&h, "tile")?)))
-            .collect()
-    }
-
     pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
         let idx: Vec<i64> = tiles.iter().map(|(t, _)| *t as i64).collect();
         let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, h)| h.to_vec()).collect();
@@ -518,85 +302,6 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    pub async fn audit_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows: Vec<super::CheckpointRow> = sqlx::query_as(
-            "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints ORDER BY size",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(size, root, signed_at, key_id, signature)| {
-                Ok(StoredCheckpoint {
-                    size: size as u64,
-                    root: hash32(&root, "root")?,
-                    signed_at,
-                    key_id,
-                    signature,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (size, root, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (size) DO NOTHING",
-        )
-        .bind(c.size as i64)
-        .bind(c.root.to_vec())
-        .bind(c.signed_at)
-        .bind(&c.key_id)
-        .bind(&c.signature)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-    pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT pruned_before FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n as u64)
-    }
-
-    pub async fn audit_pruned_leaves(
-        &self,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<(u64, Hash)>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT leaf_index, leaf_hash FROM audit_pruned_leaves WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
-        )
-        .bind(lo as i64)
-        .bind(hi as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(i, h)| Ok((i as u64, hash32(&h, "pruned leaf")?)))
-            .collect()
-    }
-
-    pub async fn put_audit_pruned_leaves(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (i, h) in leaves {
-            sqlx::query("INSERT INTO audit_pruned_leaves (leaf_index, leaf_hash) VALUES ($1, $2) ON CONFLICT (leaf_index) DO NOTHING")
-                .bind(*i as i64)
-                .bind(h.to_vec())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn audit_first_index_since(&self, cutoff_us: i64) -> Result<Option<u64>, StoreError> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(leaf_index) FROM audit_log WHERE recorded_at >= $1")
-                .bind(cutoff_us)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(n.map(|n| n as u64))
     }
 
     pub async fn prune_audit_before(&self, before: u64, cutoff_us: i64) -> Result<u64, StoreError> {

@@ -146,7 +146,11 @@ pub fn population_secrets() -> Vec<String> {
         out.push(cols[0].to_owned());
         out.push(cols[1].to_owned());
         out.push(cols[1].to_lowercase());
-        out.push(cols[2].to_owned());
+        // A bare birth year ("1975") is four digits that hex ids and hashes
+        // contain by chance; full dates are specific enough to search for.
+        if cols[2].len() == 10 {
+            out.push(cols[2].to_owned());
+        }
     }
     out
 }
