@@ -269,6 +269,25 @@ async fn bad_rows_are_reported_and_the_job_goes_on(backend: Backend) {
         .unwrap();
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lacks the column `date_of_birth`"));
+
+    // Batches larger than the gateway allows stop at once with the remedy,
+    // instead of being retried.
+    let (_, many) = generated(&files, 300, 9);
+    let out = batch(
+        &app.endpoint(),
+        &files,
+        &many,
+        &files.path("o3.csv"),
+        &["--batch-size", "200"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lower --batch-size") && !err.contains("retrying"),
+        "{err}"
+    );
     app.stop().await;
 }
 

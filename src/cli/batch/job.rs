@@ -230,7 +230,20 @@ fn classify(status: &tonic::Status) -> Stop {
         .get_error_details()
         .retry_info()
         .and_then(|r| r.retry_delay);
+    let fatal = |hint: &str| {
+        Stop::Fatal(CliError::Data(format!(
+            "the gateway refused the job ({:?}): {}{hint}",
+            status.code(),
+            status.message()
+        )))
+    };
     match status.code() {
+        // Too many requests per message, or a message over the size limit:
+        // sending the same batch again cannot succeed.
+        Code::InvalidArgument if status.message().contains("per message") => {
+            fatal("; lower --batch-size")
+        }
+        Code::ResourceExhausted if after.is_none() => fatal("; lower --batch-size"),
         Code::InvalidArgument
         | Code::PermissionDenied
         | Code::Unauthenticated
@@ -238,11 +251,7 @@ fn classify(status: &tonic::Status) -> Stop {
         | Code::Unimplemented
         | Code::OutOfRange
         | Code::NotFound
-        | Code::AlreadyExists => Stop::Fatal(CliError::Data(format!(
-            "the gateway refused the job ({:?}): {}",
-            status.code(),
-            status.message()
-        ))),
+        | Code::AlreadyExists => fatal(""),
         code => Stop::Transient {
             reason: format!("{code:?}: {}", status.message()),
             after,
