@@ -201,7 +201,7 @@ pub async fn publish_checkpoint(
     signer: &Signer,
 ) -> Result<Option<StoredCheckpoint>, LogError> {
     let size = store.audit_size().await?;
-    let latest = store.audit_checkpoints().await?.pop();
+    let latest = store.audit_checkpoint(None).await?;
     if latest.as_ref().is_some_and(|c| c.size == size) || size == 0 {
         return Ok(latest);
     }

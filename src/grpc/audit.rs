@@ -238,17 +238,12 @@ fn log_error(e: log::LogError) -> Status {
 
 impl AuditService {
     async fn checkpoint_of(&self, size: u64) -> Result<StoredCheckpoint, Status> {
-        let all = self
+        let found = self
             .store()
-            .audit_checkpoints()
+            .audit_checkpoint((size != 0).then_some(size))
             .await
             .map_err(|e| internal(&e))?;
-        let found = if size == 0 {
-            all.last()
-        } else {
-            all.iter().find(|c| c.size == size)
-        };
-        found.cloned().ok_or_else(|| {
+        found.ok_or_else(|| {
             Status::failed_precondition(if size == 0 {
                 "no checkpoint has been published yet".to_owned()
             } else {

@@ -342,6 +342,14 @@ impl Store {
         dispatch!(self, s => s.audit_checkpoints().await)
     }
 
+    /// The checkpoint of `size` leaves, or the newest one for `None`.
+    pub async fn audit_checkpoint(
+        &self,
+        size: Option<u64>,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        dispatch!(self, s => s.audit_checkpoint(size).await)
+    }
+
     pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
         dispatch!(self, s => s.put_audit_checkpoint(c).await)
     }

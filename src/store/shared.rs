@@ -220,6 +220,21 @@ macro_rules! shared_methods {
                 .collect()
         }
 
+        /// The checkpoint of `size` leaves, or the newest one for `None`.
+        pub async fn audit_checkpoint(&self, size: Option<u64>) -> Result<Option<StoredCheckpoint>, StoreError> {
+            let row: Option<super::CheckpointRow> = sqlx::query_as(
+                "SELECT size, root, signed_at, key_id, signature FROM audit_checkpoints \
+                 WHERE $1 < 0 OR size = $1 ORDER BY size DESC LIMIT 1",
+            )
+            .bind(size.map_or(-1, |s| s as i64))
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|(size, root, signed_at, key_id, signature)| {
+                Ok(StoredCheckpoint { size: size as u64, root: hash32(&root, "root")?, signed_at, key_id, signature })
+            })
+            .transpose()
+        }
+
         pub async fn put_audit_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
             sqlx::query(
                 "INSERT INTO audit_checkpoints (size, root, signed_at, key_id, signature) \
