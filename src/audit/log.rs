@@ -121,19 +121,27 @@ impl TreeSource for TreeView {
 }
 
 /// Stores the hash of every complete tile below `size` not stored yet.
-pub async fn ensure_tiles(store: &Store, size: u64) -> Result<(), LogError> {
-    let have = store.audit_tiles(size / TILE).await?.len() as u64;
+/// Returns the hashes of every complete tile below `size`, in order.
+pub async fn ensure_tiles(store: &Store, size: u64) -> Result<Vec<Hash>, LogError> {
+    let mut tiles: Vec<Hash> = store
+        .audit_tiles(size / TILE)
+        .await?
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
     let mut new = Vec::new();
-    for t in have..size / TILE {
+    for t in tiles.len() as u64..size / TILE {
         let leaves = full_leaves(store, t * TILE, (t + 1) * TILE).await?;
-        new.push((t, merkle::subtree(&leaves, 0, TILE)));
+        let h = merkle::subtree(&leaves, 0, TILE);
+        tiles.push(h);
+        new.push((t, h));
         if new.len() == 256 {
             store.put_audit_tiles(&new).await?;
             new.clear();
         }
     }
     store.put_audit_tiles(&new).await?;
-    Ok(())
+    Ok(tiles)
 }
 
 async fn full_leaves(store: &Store, lo: u64, hi: u64) -> Result<Vec<Hash>, LogError> {
@@ -169,13 +177,7 @@ impl TreeView {
     /// Loads what a root, or proofs touching the leaves in `positions`,
     /// of the tree of `size` leaves need.
     pub async fn load(store: &Store, size: u64, positions: &[u64]) -> Result<Self, LogError> {
-        ensure_tiles(store, size).await?;
-        let tiles: Vec<Hash> = store
-            .audit_tiles(size / TILE)
-            .await?
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect();
+        let tiles = ensure_tiles(store, size).await?;
         let mut wanted: Vec<u64> = positions.iter().map(|p| p / TILE).collect();
         if !size.is_multiple_of(TILE) {
             wanted.push(size / TILE);

@@ -445,7 +445,10 @@ impl Sink {
 
 fn status_error(s: tonic::Status) -> CliError {
     match s.code() {
-        tonic::Code::InvalidArgument => CliError::Data(format!("refused: {}", s.message())),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+            CliError::Data(format!("refused: {}", s.message()))
+        }
+        tonic::Code::DataLoss => CliError::Data(format!("AUDIT LOG DAMAGED: {}", s.message())),
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
             CliError::Usage(format!("refused ({:?}): {}", s.code(), s.message()))
         }
