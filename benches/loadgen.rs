@@ -155,10 +155,17 @@ struct Gateway {
     store: Store,
 }
 
-async fn spawn_gateway(pki: &Pki, url: &str, hasher: &simverify::domain::KeyedHasher) -> Gateway {
+async fn spawn_gateway(
+    pki: &Pki,
+    url: &str,
+    hasher: &simverify::domain::KeyedHasher,
+    journal: &Path,
+) -> Gateway {
     let store = Store::connect(url).await.unwrap();
+    let _ = std::fs::remove_dir_all(journal);
+    let mode = simverify::audit::CommitMode::Journal(simverify::audit::JournalConfig::new(journal));
     let (verifier, tasks) =
-        Verifier::start(hasher.clone(), store.clone(), VerifierConfig::default())
+        Verifier::start(hasher.clone(), store.clone(), VerifierConfig::new(mode))
             .await
             .unwrap();
     let unlimited = LimitsSection {
@@ -455,7 +462,7 @@ async fn run(args: Args) {
     let mut unary_rows = vec![("bare tonic echo".to_owned(), echo_unary)];
     let mut stream_rows = vec![("bare tonic echo".to_owned(), echo_stream)];
     for (name, url) in [("SQLite", &sqlite_url), ("PostgreSQL", &pg_url)] {
-        let gw = spawn_gateway(&pki, url, &hasher).await;
+        let gw = spawn_gateway(&pki, url, &hasher, &work.join(format!("journal-{name}"))).await;
         let cold = batch_run(&pki, gw.addr, &subs, &out, args.batch_size, rows).await;
         let warm = batch_run(&pki, gw.addr, &subs, &out, args.batch_size, rows).await;
         let u = unary(&pki, gw.addr, requests.clone(), secs).await;

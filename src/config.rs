@@ -130,6 +130,45 @@ impl Default for LimitsSection {
     }
 }
 
+/// Where an audit record becomes durable before its answer may leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditCommit {
+    /// Append to a local journal (one fsync per group of answers), index
+    /// into the database in the background. The default: the fastest way,
+    /// as long as the journal's disk outlives the gateway.
+    Journal,
+    /// Commit into the database before answering. For hosts whose local
+    /// disk is lost with them (ephemeral containers).
+    Database,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    pub commit: AuditCommit,
+    /// The journal's directory [default: DATA_DIR/audit-journal]. One per
+    /// gateway; it must be on a disk that survives the gateway.
+    pub journal_dir: Option<PathBuf>,
+    /// Records durable in the journal but not yet indexed before answers
+    /// wait for the indexer.
+    pub max_backlog: u64,
+    /// How long a stopping gateway keeps indexing its journal; what is left
+    /// is indexed at the next start.
+    pub drain_secs: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            commit: AuditCommit::Journal,
+            journal_dir: None,
+            max_backlog: 5_000_000,
+            drain_secs: 60,
+        }
+    }
+}
+
 /// What the CLI's client commands (`verify`, `batch`, `audit`) connect with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,6 +194,7 @@ pub struct Config {
     /// are removed hourly, after a checkpoint covers them. Unset: keep all.
     pub audit_retention_months: Option<u32>,
     pub log: String,
+    pub audit: AuditSection,
     pub server: ServerSection,
     pub tls: Option<TlsSection>,
     pub limits: LimitsSection,
@@ -172,6 +212,7 @@ impl Default for Config {
             audit_signing_key_file: None,
             audit_retention_months: None,
             log: "info".to_owned(),
+            audit: AuditSection::default(),
             server: ServerSection::default(),
             tls: None,
             limits: LimitsSection::default(),
@@ -276,6 +317,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.audit.max_backlog < 10_000 {
+            return Err(ConfigError::new(
+                "audit.max_backlog",
+                "must be at least 10000",
+            ));
+        }
         if s.checkpoint_secs == 0 {
             return Err(ConfigError::new(
                 "server.checkpoint_secs",
@@ -373,6 +420,26 @@ impl Config {
         match &self.audit_signing_key_file {
             Some(p) => (p.clone(), false),
             None => (self.data_dir.join("audit-signing.key"), true),
+        }
+    }
+
+    /// How audit records are made durable, as the verifier takes it.
+    pub fn audit_commit_mode(&self) -> crate::audit::CommitMode {
+        match self.audit.commit {
+            AuditCommit::Database => crate::audit::CommitMode::Database {
+                max_batch: 4096,
+                queue: 4096,
+            },
+            AuditCommit::Journal => {
+                let mut j = crate::audit::JournalConfig::new(
+                    self.audit
+                        .journal_dir
+                        .clone()
+                        .unwrap_or_else(|| self.data_dir.join("audit-journal")),
+                );
+                j.max_backlog = self.audit.max_backlog;
+                crate::audit::CommitMode::Journal(j)
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::audit::{AuditError, AuditWriter};
+use crate::audit::{AuditError, AuditSink, CommitMode, JournalError};
 use crate::cache::{CacheConfig, CachedRecord, MirrorCache};
 use crate::clock;
 use crate::domain::{
@@ -14,6 +14,15 @@ use crate::domain::{
     Violation, decide,
 };
 use crate::store::{Store, StoreError};
+
+/// Why the verifier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -49,20 +58,18 @@ fn check_deadline(deadline: Option<Instant>) -> Result<(), VerifyError> {
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
     pub cache: CacheConfig,
-    /// Most audit records per transaction.
-    pub audit_max_batch: usize,
-    /// Most audit submissions waiting for the writer.
-    pub audit_queue: usize,
+    /// Where audit records become durable before answers leave.
+    pub audit: CommitMode,
     /// How often to look for mirror imports to invalidate cached entries.
     pub watch_interval: Duration,
 }
 
-impl Default for VerifierConfig {
-    fn default() -> Self {
+impl VerifierConfig {
+    /// Defaults, with audit records committed as `audit` says.
+    pub fn new(audit: CommitMode) -> Self {
         Self {
             cache: CacheConfig::default(),
-            audit_max_batch: 4096,
-            audit_queue: 4096,
+            audit,
             watch_interval: Duration::from_secs(1),
         }
     }
@@ -96,7 +103,7 @@ struct Inner {
     hasher: KeyedHasher,
     store: Store,
     cache: MirrorCache,
-    audit: AuditWriter,
+    audit: AuditSink,
     mirror_version: AtomicI64,
 }
 
@@ -116,19 +123,18 @@ fn echo_request_id(s: &str) -> String {
 }
 
 impl Verifier {
-    /// Checks the hash key against the store, then starts the audit writer
+    /// Checks the hash key against the store, then starts the audit sink
     /// and the mirror watcher.
     pub async fn start(
         hasher: KeyedHasher,
         store: Store,
         cfg: VerifierConfig,
-    ) -> Result<(Self, VerifierTasks), StoreError> {
+    ) -> Result<(Self, VerifierTasks), StartError> {
         store
             .check_key(hasher.key_id(), &hasher.fingerprint())
             .await?;
         let version = store.mirror_version().await?;
-        let (audit, audit_task) =
-            AuditWriter::spawn(store.clone(), cfg.audit_max_batch, cfg.audit_queue);
+        let (audit, audit_task) = AuditSink::start(store.clone(), cfg.audit).await?;
         let inner = Arc::new(Inner {
             hasher,
             store,
@@ -159,6 +165,17 @@ impl Verifier {
 
     pub fn mirror_version(&self) -> i64 {
         self.inner.mirror_version.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until every audit record made durable so
+    /// far can be read from the store; returns whether it caught up.
+    pub async fn audit_synced(&self, limit: Duration) -> bool {
+        self.inner.audit.synced(limit).await
+    }
+
+    /// Audit records durable but not yet readable from the store.
+    pub fn audit_backlog(&self) -> u64 {
+        self.inner.audit.backlog()
     }
 
     pub fn cached_entries(&self) -> u64 {

@@ -11,20 +11,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::AuditError;
 use crate::domain::AuditRecord;
 use crate::store::Store;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
-    #[error("the audit log could not be written")]
-    WriteFailed,
-    #[error("the audit writer has stopped")]
-    Stopped,
-    /// The caller's deadline passed while the records waited to be
-    /// written; they were dropped, so nothing is recorded as answered.
-    #[error("the deadline passed before the audit record was written")]
-    DeadlineExceeded,
-}
 
 struct Pending {
     records: Vec<AuditRecord>,
@@ -94,7 +83,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
         if batch.is_empty() {
             continue;
         }
-        let result = match store.append_audit(&batch).await {
+        let result = match store.append_audit(&batch, None).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "audit batch write failed");

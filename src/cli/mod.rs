@@ -66,6 +66,18 @@ impl From<StoreError> for CliError {
     }
 }
 
+impl From<crate::verifier::StartError> for CliError {
+    fn from(e: crate::verifier::StartError) -> Self {
+        match e {
+            crate::verifier::StartError::Store(e) => e.into(),
+            crate::verifier::StartError::Journal(crate::audit::JournalError::Store(e)) => e.into(),
+            // A journal that is locked, damaged or belongs to another
+            // database needs the operator: nothing was started.
+            crate::verifier::StartError::Journal(e) => Self::Usage(e.to_string()),
+        }
+    }
+}
+
 /// simverify — verify mobile subscribers against a keyed-hash mirror of the
 /// National Population Database.
 ///

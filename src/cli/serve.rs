@@ -82,7 +82,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
             max_entries: cfg.server.cache_entries,
             ..CacheConfig::default()
         },
-        ..VerifierConfig::default()
+        ..VerifierConfig::new(cfg.audit_commit_mode())
     };
     let (verifier, tasks) = Verifier::start(hasher, store.clone(), vcfg).await?;
     let app = Application::build(server, verifier, tasks)

@@ -29,61 +29,34 @@ pub fn leaf_hash_of_bytes(bytes: &[u8]) -> Hash {
     h.finalize().into()
 }
 
-fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => out.extend(u32::MAX.to_be_bytes()),
-        Some(s) => {
-            out.extend((s.len() as u32).to_be_bytes());
-            out.extend(s.as_bytes());
-        }
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        None => out.extend(u32::MAX.to_be_bytes()),
-        Some(b) => {
-            out.extend((b.len() as u32).to_be_bytes());
-            out.extend(b);
-        }
-    }
-}
-
-/// The canonical encoding of the record at log position `index`: every
-/// field, fixed order, length-prefixed, so that changing any field changes
-/// the leaf hash. The position is part of the leaf, so records cannot be
-/// swapped or shifted without their hashes changing too.
+/// The canonical encoding of the record at log position `index`: a version
+/// byte, the position, then every field (see [`AuditRecord::encode_body`]),
+/// so that changing any field changes the leaf hash. The position is part of
+/// the leaf, so records cannot be swapped or shifted without their hashes
+/// changing too.
 pub fn canonical_bytes(index: u64, r: &AuditRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(256);
-    o.push(1u8); // encoding version
-    o.extend(index.to_be_bytes());
-    put_str(&mut o, Some(&r.audit_id));
-    o.extend(r.recorded_at.to_be_bytes());
-    put_str(&mut o, Some(&r.caller));
-    put_str(&mut o, Some(&r.request_id));
-    put_str(&mut o, r.job_id.as_deref());
-    o.extend(r.purpose.as_i16().to_be_bytes());
-    put_str(&mut o, r.consent_ref.as_deref());
-    put_bytes(&mut o, r.lookup_key.as_ref().map(|k| &k.0[..]));
-    put_bytes(&mut o, r.msisdn_hash.as_ref().map(|k| &k.0[..]));
-    o.extend(r.key_id.to_be_bytes());
-    let v = &r.verdict;
-    for x in [
-        v.decision.as_i16(),
-        v.id_number.as_i16(),
-        v.full_name.as_i16(),
-        v.date_of_birth.as_i16(),
-        v.sex.as_i16(),
-    ] {
-        o.extend(x.to_be_bytes());
-    }
-    o.extend(v.name_tier.map_or(0, |t| t.as_i16()).to_be_bytes());
-    o.push(v.name_score);
-    o.extend(v.action.as_i16().to_be_bytes());
-    o.extend(v.reasons.bits().to_be_bytes());
-    o.extend(r.mirror_version.to_be_bytes());
-    o.extend(r.latency_us.to_be_bytes());
+    o.extend(leaf_prefix(index));
+    r.encode_body(&mut o);
     o
+}
+
+/// What precedes a record's body in its canonical encoding.
+fn leaf_prefix(index: u64) -> [u8; 9] {
+    let mut p = [0u8; 9];
+    p[0] = 1; // encoding version
+    p[1..].copy_from_slice(&index.to_be_bytes());
+    p
+}
+
+/// The leaf hash of a record at `index` from its already encoded body, as
+/// the audit journal holds it: no re-encoding on the indexing path.
+pub fn leaf_hash_of_body(index: u64, body: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(leaf_prefix(index));
+    h.update(body);
+    h.finalize().into()
 }
 
 pub fn leaf_hash(index: u64, r: &AuditRecord) -> Hash {

@@ -236,7 +236,27 @@ fn log_error(e: log::LogError) -> Status {
     }
 }
 
+/// How long an audit read waits for this gateway's journal to be indexed,
+/// so that an auditor sees what was answered just before asking.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl AuditService {
+    /// Waits until what this gateway answered so far is readable from the
+    /// store (bounded by [`CATCH_UP`]); returns how many records are still
+    /// not indexed.
+    async fn caught_up(&self) -> u64 {
+        if self.verifier.audit_synced(CATCH_UP).await {
+            0
+        } else {
+            let backlog = self.verifier.audit_backlog();
+            tracing::warn!(
+                backlog,
+                "audit read served while the journal is still being indexed"
+            );
+            backlog
+        }
+    }
+
     async fn checkpoint_of(&self, size: u64) -> Result<StoredCheckpoint, Status> {
         let found = self
             .store()
@@ -266,6 +286,7 @@ impl pb::audit_server::Audit for AuditService {
                     "only auditors may publish a checkpoint",
                 ));
             }
+            self.caught_up().await;
             log::publish_checkpoint(self.store(), &self.signer)
                 .await
                 .map_err(log_error)?;
@@ -281,6 +302,7 @@ impl pb::audit_server::Audit for AuditService {
     ) -> Result<Response<pb::InclusionProof>, Status> {
         let principal = auth::principal(&request)?;
         let req = request.into_inner();
+        self.caught_up().await;
         let rec = self
             .store()
             .audit_leaf_of(&req.audit_id)
@@ -351,6 +373,7 @@ impl pb::audit_server::Audit for AuditService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
+        let unindexed = self.caught_up().await;
         let mut rows = self
             .store()
             .query_audit(&f, after, size + 1)
@@ -369,6 +392,7 @@ impl pb::audit_server::Audit for AuditService {
         Ok(Response::new(pb::AuditPage {
             records: rows.into_iter().map(|(_, r)| record_to_pb(r)).collect(),
             next_page_token: next.unwrap_or_default(),
+            unindexed_records: unindexed,
         }))
     }
 
@@ -378,6 +402,7 @@ impl pb::audit_server::Audit for AuditService {
     ) -> Result<Response<pb::AuditStatsResponse>, Status> {
         let principal = auth::principal(&request)?;
         let (f, recorded) = filter(&principal, request.into_inner().filter, &self.verifier)?;
+        let unindexed = self.caught_up().await;
         let rows = self
             .store()
             .audit_stats(&f)
@@ -396,6 +421,7 @@ impl pb::audit_server::Audit for AuditService {
                     count: r.count,
                 })
                 .collect(),
+            unindexed_records: unindexed,
         }))
     }
 }

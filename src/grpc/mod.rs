@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Months of audit records to keep (None: all).
     pub audit_retention_months: Option<u32>,
+    /// How long a stop waits for the audit journal to be indexed.
+    pub audit_drain: Duration,
     pub listen: SocketAddr,
     pub max_batch_items: usize,
     pub max_message_bytes: usize,
@@ -77,6 +79,7 @@ impl ServerConfig {
             audit_signer,
             checkpoint_interval: Duration::from_secs(cfg.server.checkpoint_secs),
             audit_retention_months: cfg.audit_retention_months,
+            audit_drain: Duration::from_secs(cfg.audit.drain_secs),
             listen: cfg.server.listen,
             max_batch_items: cfg.server.max_batch_items,
             max_message_bytes: cfg.server.max_message_bytes,
@@ -93,6 +96,7 @@ impl ServerConfig {
             audit_signer,
             checkpoint_interval: Duration::from_secs(60),
             audit_retention_months: None,
+            audit_drain: Duration::from_secs(60),
             listen,
             max_batch_items: 5000,
             max_message_bytes: 16 * 1024 * 1024,
@@ -311,9 +315,19 @@ impl Application {
             r.abort();
         }
         // The server (and with it every Verifier handle) is gone: the audit
-        // writer commits what is queued and ends.
-        if let Err(e) = tasks.audit.await {
-            tracing::error!(error = %e, "audit writer task failed");
+        // sink commits what is queued and ends; a journal is indexed as far
+        // as the drain period allows, and the rest at the next start.
+        let mut audit_task = tasks.audit;
+        match tokio::time::timeout(cfg.audit_drain, &mut audit_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit task failed"),
+            Err(_) => {
+                audit_task.abort();
+                tracing::warn!(
+                    drain_secs = cfg.audit_drain.as_secs(),
+                    "audit journal not fully indexed before stopping; the rest is indexed at the next start"
+                );
+            }
         }
         checkpoints.abort();
         upkeep.abort();

@@ -22,6 +22,18 @@ pub struct IndexedAuditRecord {
     pub record: AuditRecord,
 }
 
+/// How far an audit journal's indexing gets with one batch of records:
+/// written in the same transaction as the records, so a restart resumes
+/// exactly where indexing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalMark<'a> {
+    pub journal_id: &'a str,
+    /// Journal records indexed before this batch.
+    pub from: u64,
+    /// Journal records indexed with it.
+    pub to: u64,
+}
+
 /// A signed checkpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCheckpoint {
@@ -111,6 +123,11 @@ pub enum StoreError {
     KeyMismatch { key_id: u16 },
     #[error("stored row is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error(
+        "audit journal {journal_id} was not at record {expected} in the database: \
+         another process is indexing it"
+    )]
+    JournalConflict { journal_id: String, expected: u64 },
 }
 
 /// Counts an import reports when it finishes.
@@ -253,11 +270,30 @@ impl Store {
     }
 
     /// Appends audit records in one transaction: all or none are durable.
-    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
+    /// With a journal mark, the journal's progress moves in the same
+    /// transaction (and the append fails if it was not at `mark.from`).
+    pub async fn append_audit(
+        &self,
+        records: &[AuditRecord],
+        journal: Option<JournalMark<'_>>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() && journal.is_none() {
             return Ok(());
         }
-        dispatch!(self, s => s.append_audit(records).await)
+        dispatch!(self, s => s.append_audit(records, journal).await)
+    }
+
+    /// Identifies this database's audit log (random, made by a migration).
+    pub async fn audit_log_id(&self) -> Result<String, StoreError> {
+        dispatch!(self, s => s.audit_log_id().await)
+    }
+
+    /// Records of the journal `journal_id` indexed so far (`None`: none ever).
+    pub async fn audit_journal_progress(
+        &self,
+        journal_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.audit_journal_progress(journal_id).await)
     }
 
     pub async fn audit_by_id(&self, audit_id: &str) -> Result<Option<AuditRecord>, StoreError> {

@@ -7,8 +7,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
-    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, RawAuditRow, RawMirrorRow, StoreError,
-    StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
+    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
+    StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
 };
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
@@ -226,7 +226,11 @@ impl PgStore {
         Ok(deleted.len() as u64)
     }
 
-    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+    pub async fn append_audit(
+        &self,
+        records: &[AuditRecord],
+        journal: Option<JournalMark<'_>>,
+    ) -> Result<(), StoreError> {
         macro_rules! col {
             ($f:expr) => {
                 records.iter().map($f).collect::<Vec<_>>()
@@ -286,6 +290,9 @@ impl PgStore {
         .bind(hashes)
         .execute(&mut *tx)
         .await?;
+        if let Some(m) = journal {
+            Self::mark_journal(&mut tx, m).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

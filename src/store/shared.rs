@@ -285,6 +285,48 @@ macro_rules! shared_methods {
             Ok(())
         }
 
+        pub async fn audit_log_id(&self) -> Result<String, StoreError> {
+            let id: Option<String> = sqlx::query_scalar("SELECT log_id FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+            id.ok_or(StoreError::Corrupt("audit_head.log_id"))
+        }
+
+        pub async fn audit_journal_progress(&self, journal_id: &str) -> Result<Option<u64>, StoreError> {
+            let n: Option<i64> =
+                sqlx::query_scalar("SELECT indexed FROM audit_journals WHERE journal_id = $1")
+                    .bind(journal_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(n.map(|n| n as u64))
+        }
+
+        /// Moves a journal's progress from `m.from` to `m.to` inside `tx`.
+        async fn mark_journal(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            m: super::JournalMark<'_>,
+        ) -> Result<(), StoreError> {
+            let n = sqlx::query(
+                "INSERT INTO audit_journals (journal_id, indexed, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (journal_id) DO UPDATE SET indexed = excluded.indexed, \
+                 updated_at = excluded.updated_at WHERE audit_journals.indexed = $4",
+            )
+            .bind(m.journal_id)
+            .bind(m.to as i64)
+            .bind(crate::clock::now_micros())
+            .bind(m.from as i64)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Err(StoreError::JournalConflict {
+                    journal_id: m.journal_id.to_owned(),
+                    expected: m.from,
+                });
+            }
+            Ok(())
+        }
+
         pub async fn audit_first_index_since(&self, cutoff_us: i64) -> Result<Option<u64>, StoreError> {
             let n: Option<i64> = sqlx::query_scalar("SELECT MIN(leaf_index) FROM audit_log WHERE recorded_at >= $1")
                 .bind(cutoff_us)

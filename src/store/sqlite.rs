@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, RawAuditRow, RawMirrorRow, SQLITE_CHUNK,
-    StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
+    AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
+    SQLITE_CHUNK, StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
 };
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
@@ -224,7 +224,11 @@ impl SqliteStore {
         Ok(deleted)
     }
 
-    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+    pub async fn append_audit(
+        &self,
+        records: &[AuditRecord],
+        journal: Option<JournalMark<'_>>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // Taking the next positions and inserting the records is one
         // transaction: the log stays dense whatever fails.
@@ -271,6 +275,9 @@ impl SqliteStore {
                     .push_bind(merkle::leaf_hash(index, a).to_vec());
             });
             qb.build().execute(&mut *tx).await?;
+        }
+        if let Some(m) = journal {
+            Self::mark_journal(&mut tx, m).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -59,6 +59,7 @@ async fn carrier_verifies_and_is_audited_as_itself(backend: Backend) {
     let id = pki.client("carrier-a", CARRIER);
     let r = call_with(app.addr, &pki, Some(&id)).await.unwrap();
     assert_eq!(r.decision(), Decision::Verified);
+    app.synced().await;
     let rec = app.store.audit_by_id(&r.audit_id).await.unwrap().unwrap();
     assert_eq!(rec.caller, "carrier-a");
     app.stop().await;
@@ -89,6 +90,7 @@ async fn handshake_rejections(backend: Backend) {
     let expired_id = pki.client_with(&pki.ca, "expired", CARRIER, expired);
     assert!(call_with(app.addr, &pki, Some(&expired_id)).await.is_err());
     // Nothing of this reached the audit log.
+    app.synced().await;
     assert_eq!(app.store.audit_count().await.unwrap(), 0);
     app.stop().await;
 }
@@ -104,6 +106,7 @@ async fn unregistered_and_wrong_role(backend: Backend) {
     let auditor = pki.client("auditor", AUDITOR);
     let e = call_with(app.addr, &pki, Some(&auditor)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    app.synced().await;
     assert_eq!(app.store.audit_count().await.unwrap(), 0);
     app.stop().await;
 }
@@ -180,6 +183,7 @@ async fn rate_limit_and_quota(backend: Backend) {
     assert_eq!(ok, 2);
     assert_eq!(err.code(), Code::ResourceExhausted);
     // 3 + 2 unary + 8 stream items answered and audited; nothing for refusals.
+    app.synced().await;
     assert_eq!(app.store.audit_count().await.unwrap(), 13);
     app.stop().await;
 }

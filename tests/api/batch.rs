@@ -120,6 +120,7 @@ async fn generated_file_gives_the_expected_decisions(backend: Backend) {
         assert!(!got[12].is_empty(), "row {} has no audit id", i + 1);
     }
     // Every answer is in the audit log, under the job's id.
+    app.synced().await;
     for r in results.iter().step_by(97) {
         let rec = app
             .store
@@ -181,11 +182,13 @@ async fn generated_file_gives_the_expected_decisions(backend: Backend) {
     assert_eq!(json, again);
 
     // Re-running a completed job changes nothing and sends nothing.
+    app.synced().await;
     let before = app.store.audit_count().await.unwrap();
     let (_, stderr) = ok(batch(&app.endpoint(), &files, &subs, &out, &[])
         .output()
         .unwrap());
     assert!(stderr.contains("already completed"), "{stderr}");
+    app.synced().await;
     assert_eq!(app.store.audit_count().await.unwrap(), before);
     app.stop().await;
 }
@@ -255,6 +258,7 @@ async fn bad_rows_are_reported_and_the_job_goes_on(backend: Backend) {
     );
     assert!(errors[7].contains("not valid UTF-8"), "{}", errors[7]);
     // Only the two valid rows reached the gateway.
+    app.synced().await;
     assert_eq!(app.store.audit_count().await.unwrap(), 2);
 
     // A file without a required column stops before anything is sent.
@@ -359,6 +363,7 @@ async fn killed_job_resumes_to_the_same_output(backend: Backend) {
     assert_eq!(a.len(), read_csv(&subs).len());
     assert_eq!(without_audit_ids(a.clone()), without_audit_ids(b));
     // Every answer written after the crash points at a durable audit record.
+    app.synced().await;
     for r in a.iter().step_by(251) {
         assert!(app.store.audit_by_id(&r[12]).await.unwrap().is_some());
     }

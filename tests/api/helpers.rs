@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use simverify::audit::{CommitMode, JournalConfig};
 use simverify::domain::KeyedHasher;
 use simverify::grpc::{Application, ServerConfig};
 use simverify::mirror::import_csv;
@@ -173,6 +174,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Store,
     pub db: TestDb,
+    /// Dropped before stopping: the audit journal drains once no handle is left.
+    verifier: Option<Verifier>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), simverify::grpc::ServeError>>>,
 }
@@ -188,9 +191,20 @@ impl TestApp {
         format!("http://{}", self.addr)
     }
 
+    /// Waits until every audit record answered so far is in the store (the
+    /// journal indexes in the background).
+    pub async fn synced(&self) {
+        let v = self.verifier.as_ref().expect("running");
+        assert!(
+            v.audit_synced(Duration::from_secs(60)).await,
+            "the audit journal was not indexed within a minute"
+        );
+    }
+
     /// Graceful stop: waits until the server and the audit writer are done,
     /// closes the store, and hands back the database for inspection.
     pub async fn stop(mut self) -> TestDb {
+        self.verifier = None;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -211,6 +225,8 @@ pub struct AppOptions {
     pub listen: SocketAddr,
     /// An existing database to serve (instead of a fresh one).
     pub db: Option<TestDb>,
+    /// Commit audit records to the database instead of the journal.
+    pub commit_to_database: bool,
 }
 
 impl Default for AppOptions {
@@ -221,6 +237,7 @@ impl Default for AppOptions {
             population: POPULATION.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             db: None,
+            commit_to_database: false,
         }
     }
 }
@@ -248,9 +265,17 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
     if fresh {
         import(&store, &opts.population).await;
     }
+    let audit = if opts.commit_to_database {
+        CommitMode::Database {
+            max_batch: 4096,
+            queue: 4096,
+        }
+    } else {
+        journal(&db)
+    };
     let cfg = VerifierConfig {
         watch_interval: opts.watch_interval,
-        ..VerifierConfig::default()
+        ..VerifierConfig::new(audit)
     };
     let (verifier, tasks) = Verifier::start(test_hasher(), store.clone(), cfg)
         .await
@@ -260,6 +285,23 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         max_batch_items: opts.max_batch_items,
         ..ServerConfig::plaintext(opts.listen, signer.clone())
     };
+    serve(server, verifier, tasks, signer, store, db).await
+}
+
+/// The audit journal of a test database (kept next to it).
+pub fn journal(db: &TestDb) -> CommitMode {
+    CommitMode::Journal(JournalConfig::new(db.dir.path().join("audit-journal")))
+}
+
+async fn serve(
+    server: ServerConfig,
+    verifier: Verifier,
+    tasks: simverify::verifier::VerifierTasks,
+    signer: std::sync::Arc<simverify::audit::log::Signer>,
+    store: Store,
+    db: TestDb,
+) -> TestApp {
+    let handle_verifier = verifier.clone();
     let app = Application::build(server, verifier, tasks).await.unwrap();
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -271,6 +313,7 @@ pub async fn spawn_app_with(backend: Backend, opts: AppOptions) -> TestApp {
         addr,
         store,
         db,
+        verifier: Some(handle_verifier),
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -364,26 +407,17 @@ pub async fn spawn_tls_app(
     let db = TestDb::new(backend).await;
     let store = Store::connect(&db.url).await.expect("connect store");
     import(&store, POPULATION).await;
+    let audit = match cfg.audit.commit {
+        simverify::config::AuditCommit::Database => cfg.audit_commit_mode(),
+        simverify::config::AuditCommit::Journal => journal(&db),
+    };
     let (verifier, tasks) =
-        Verifier::start(test_hasher(), store.clone(), VerifierConfig::default())
+        Verifier::start(test_hasher(), store.clone(), VerifierConfig::new(audit))
             .await
             .unwrap();
     let signer = test_signer(&db);
     let server = ServerConfig::from_config(&cfg, signer.clone()).unwrap();
-    let app = Application::build(server, verifier, tasks).await.unwrap();
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    TestApp {
-        signer,
-        addr,
-        store,
-        db,
-        shutdown: Some(tx),
-        handle: Some(handle),
-    }
+    serve(server, verifier, tasks, signer, store, db).await
 }
 
 /// A client channel over TLS to `addr`, presenting `identity` if given.

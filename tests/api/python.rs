@@ -99,6 +99,7 @@ async fn python_grpcio_client_over_mtls() {
         .find_map(|l| l.strip_prefix("verify DECISION_VERIFIED "))
         .unwrap()
         .trim();
+    app.synced().await;
     let rec = app
         .store
         .audit_by_id(audit_id)

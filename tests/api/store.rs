@@ -3,7 +3,7 @@
 use simverify::domain::{
     AuditRecord, CivilDate, Decision, Identity, LookupKey, MirrorRecord, Purpose, Reason, Verdict,
 };
-use simverify::store::{ImportStats, Store, StoreError};
+use simverify::store::{ImportStats, JournalMark, Store, StoreError};
 
 use crate::both_backends;
 use crate::helpers::{Backend, TestDb, test_hasher};
@@ -150,7 +150,7 @@ async fn audit_round_trips(backend: Backend) {
             latency_us: 42,
         })
         .collect();
-    store.append_audit(&records).await.unwrap();
+    store.append_audit(&records, None).await.unwrap();
     assert_eq!(store.audit_count().await.unwrap(), 2500);
     for r in [&records[0], &records[1], &records[2499]] {
         assert_eq!(
@@ -160,8 +160,59 @@ async fn audit_round_trips(backend: Backend) {
     }
     assert_eq!(store.audit_by_id("nope").await.unwrap(), None);
     // audit_id is unique: a replayed batch is refused whole.
-    assert!(store.append_audit(&records[..2]).await.is_err());
+    assert!(store.append_audit(&records[..2], None).await.is_err());
     assert_eq!(store.audit_count().await.unwrap(), 2500);
+}
+
+async fn journal_marks_move_with_their_records(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let records: Vec<AuditRecord> = (0..20)
+        .map(|i| AuditRecord {
+            audit_id: uuid::Uuid::now_v7().to_string(),
+            recorded_at: 1_700_000_000_000_000 + i,
+            caller: "carrier-a".into(),
+            request_id: format!("r{i}"),
+            job_id: None,
+            purpose: Purpose::Activation,
+            consent_ref: None,
+            lookup_key: None,
+            msisdn_hash: None,
+            key_id: 1,
+            verdict: Verdict::invalid(),
+            mirror_version: 1,
+            latency_us: 1,
+        })
+        .collect();
+    let log = store.audit_log_id().await.unwrap();
+    assert_eq!(log.len(), 32);
+    assert_eq!(store.audit_log_id().await.unwrap(), log);
+    assert_eq!(store.audit_journal_progress("j1").await.unwrap(), None);
+    let mark = |from, to| {
+        Some(JournalMark {
+            journal_id: "j1",
+            from,
+            to,
+        })
+    };
+    store
+        .append_audit(&records[..10], mark(0, 10))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_journal_progress("j1").await.unwrap(), Some(10));
+    // A second indexer working from a stale mark changes nothing.
+    assert!(matches!(
+        store.append_audit(&records[10..], mark(0, 10)).await,
+        Err(StoreError::JournalConflict { expected: 0, .. })
+    ));
+    assert_eq!(store.audit_count().await.unwrap(), 10);
+    assert_eq!(store.audit_size().await.unwrap(), 10);
+    store
+        .append_audit(&records[10..], mark(10, 20))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_journal_progress("j1").await.unwrap(), Some(20));
+    assert_eq!(store.audit_size().await.unwrap(), 20);
+    assert_eq!(store.audit_journal_progress("j2").await.unwrap(), None);
 }
 
 async fn a_different_key_is_refused(backend: Backend) {
@@ -181,5 +232,6 @@ both_backends!(
     get_records_returns_only_existing,
     versions_and_changes,
     audit_round_trips,
+    journal_marks_move_with_their_records,
     a_different_key_is_refused,
 );

@@ -82,6 +82,7 @@ async fn answers_in_order_with_item_errors(backend: Backend) {
     );
 
     // Every item, invalid ones included, has its audit record with the job id.
+    app.synced().await;
     let mut audited = 0;
     for r in out.iter().flat_map(|b| &b.results) {
         let rec = app
@@ -148,6 +149,7 @@ async fn empty_and_unspecified_purpose_defaults_to_cleanup(backend: Backend) {
         .await
         .unwrap();
     assert!(out[0].results.is_empty());
+    app.synced().await;
     let rec = app
         .store
         .audit_by_id(&out[1].results[0].audit_id)

@@ -76,6 +76,7 @@ async fn verify_many(app: &TestApp, n: usize) -> Vec<String> {
         .collect::<Result<_, _>>()
         .await
         .unwrap();
+    app.synced().await;
     out.into_iter()
         .flat_map(|b| b.results)
         .map(|r| r.audit_id)
@@ -478,8 +479,8 @@ async fn monthly_partitions_are_dropped_by_retention_postgres() {
         .map(|i| record(i, this_month - 86_400_000_000 + i))
         .collect();
     let new: Vec<_> = (300..400).map(|i| record(i, this_month + i)).collect();
-    store.append_audit(&old).await.unwrap();
-    store.append_audit(&new).await.unwrap();
+    store.append_audit(&old, None).await.unwrap();
+    store.append_audit(&new, None).await.unwrap();
     let key = db.dir.path().join("k");
     let signer = simverify::audit::log::Signer::load_or_create(&key, true).unwrap();
     let r = simverify::audit::log::apply_retention(&store, &signer, this_month)

@@ -8,7 +8,7 @@ use tonic_types::StatusExt;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::both_backends;
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{AppOptions, Backend, spawn_app, spawn_app_with};
 
 pub fn request(id: &str, name: &str, dob: &str, sex: Sex) -> VerifyRequest {
     VerifyRequest {
@@ -326,7 +326,24 @@ async fn invalid_input_names_each_field(backend: Backend) {
 }
 
 async fn every_answer_is_audited(backend: Backend) {
-    let app = spawn_app(backend).await;
+    answers_are_audited(backend, false).await;
+}
+
+/// The same with `audit.commit = "database"`: no journal, each answer waits
+/// for the database commit.
+async fn every_answer_is_audited_with_database_commit(backend: Backend) {
+    answers_are_audited(backend, true).await;
+}
+
+async fn answers_are_audited(backend: Backend, commit_to_database: bool) {
+    let app = spawn_app_with(
+        backend,
+        AppOptions {
+            commit_to_database,
+            ..AppOptions::default()
+        },
+    )
+    .await;
     let mut client = app.client().await;
     let mut ids = Vec::new();
     for (id, name) in [(KHAI, "Nguyễn Thị Minh Khai"), ("001190099999", "Ai Đó")] {
@@ -336,6 +353,9 @@ async fn every_answer_is_audited(backend: Backend) {
         assert_eq!(r.request_id, request_id);
         let decision = r.decision();
         ids.push((r.audit_id, request_id, decision));
+    }
+    if !commit_to_database {
+        app.synced().await;
     }
     for (audit_id, request_id, decision) in ids {
         let rec = app
@@ -427,6 +447,7 @@ both_backends!(
     per_field_results,
     invalid_input_names_each_field,
     every_answer_is_audited,
+    every_answer_is_audited_with_database_commit,
     imports_reach_a_running_gateway,
     health_reports_serving,
 );

@@ -1,0 +1,1030 @@
+//! The audit journal: durability first, indexing after.
+//!
+//! An answer may leave the gateway once its audit record is durable. Writing
+//! each record into the database's audit table (ten indexes, a Merkle
+//! position) costs tens of microseconds; appending it to a local file costs
+//! well under one. So records are appended to segment files here, one fsync
+//! per group of submissions (group commit), and acknowledged; a background
+//! indexer then moves them into the store in large transactions, where their
+//! log positions are assigned, recording in the same transaction how far it
+//! got. After a crash the indexer resumes from that mark, so every
+//! acknowledged record reaches the store exactly once.
+//!
+//! Layout of the directory:
+//! - `JOURNAL`: which journal this is and which database's log it feeds;
+//! - `LOCK`: held exclusively by the gateway using the journal;
+//! - `<first record number, 20 digits>.seg`: segments of framed records.
+//!
+//! A segment starts with a header (magic, version, journal id, number of its
+//! first record); each record is `len u32 | crc32c u32 | body`, the body
+//! being [`AuditRecord::encode_body`]. Only the tail of the newest segment
+//! can be torn (its fsync never returned, so nobody was told it was
+//! written); opening the journal cuts it off.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::AuditError;
+use crate::domain::AuditRecord;
+use crate::store::{JournalMark, Store, StoreError};
+
+const MAGIC: &[u8; 4] = b"SVAJ";
+const VERSION: u8 = 1;
+const HEADER_LEN: u64 = 4 + 1 + 16 + 8;
+const FRAME_LEN: usize = 8;
+/// A record body is a few hundred bytes; anything near this is damage.
+const MAX_BODY: u32 = 64 * 1024;
+const META_FILE: &str = "JOURNAL";
+const LOCK_FILE: &str = "LOCK";
+const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("audit journal {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit journal {0}: another process holds it (two gateways cannot share one journal directory)"
+    )]
+    Locked(PathBuf),
+    #[error(
+        "audit journal {dir}: it feeds the audit log {journal_log} but this database's log is {store_log}; \
+         point audit.journal_dir at a directory of its own, or start the gateway on the database that journal belongs to"
+    )]
+    OtherLog {
+        dir: PathBuf,
+        journal_log: String,
+        store_log: String,
+    },
+    #[error("audit journal {dir}: {what}")]
+    Damaged { dir: PathBuf, what: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How the journal is kept.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one begun past this size.
+    pub segment_bytes: u64,
+    /// Records durable but not yet indexed before appends wait for the
+    /// indexer: bounds the disk a burst may use and how stale queries get.
+    pub max_backlog: u64,
+    /// Records per store transaction when indexing.
+    pub index_batch: usize,
+}
+
+impl JournalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            max_backlog: 5_000_000,
+            index_batch: 20_000,
+        }
+    }
+}
+
+/// Journal-local record numbers: how many records were ever appended
+/// (durable) and how many of those are in the store (indexed).
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    journal_id: String,
+    /// Published by the writer; closed when the writer stops.
+    durable: watch::Receiver<u64>,
+    indexed: watch::Sender<u64>,
+    /// First record number of each segment on disk, oldest first.
+    segments: Mutex<VecDeque<u64>>,
+}
+
+impl Shared {
+    fn io(&self, source: std::io::Error) -> JournalError {
+        JournalError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    fn damaged(&self, what: String) -> JournalError {
+        JournalError::Damaged {
+            dir: self.dir.clone(),
+            what,
+        }
+    }
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+/// Appends one framed record per entry of `records` to `out`.
+pub fn encode_records(records: &[AuditRecord], out: &mut Vec<u8>) {
+    for r in records {
+        let at = out.len();
+        out.extend([0u8; FRAME_LEN]);
+        r.encode_body(out);
+        let body = &out[at + FRAME_LEN..];
+        let len = body.len() as u32;
+        let crc = CRC.checksum(body);
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        out[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+struct Submission {
+    bytes: Vec<u8>,
+    count: u64,
+    deadline: Option<Instant>,
+    done: oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// Handle for appending to the journal; cheap to clone. When every handle
+/// is dropped the writer finishes what is queued and stops, and the indexer
+/// then drains the journal into the store (see [`JournalTasks`]).
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Submission>,
+    shared: Arc<Shared>,
+}
+
+/// The journal's background work: the writer thread and the indexer task.
+pub struct JournalTasks {
+    pub indexer: tokio::task::JoinHandle<()>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `cfg.dir` for `store`'s audit log,
+    /// cuts off a torn tail, and starts the writer thread and the indexer.
+    pub async fn open(
+        store: Store,
+        cfg: JournalConfig,
+    ) -> Result<(Self, JournalTasks), JournalError> {
+        let log_id = store.audit_log_id().await?;
+        let dir = cfg.dir.clone();
+        let opened = tokio::task::spawn_blocking(move || open_dir(&dir, &log_id))
+            .await
+            .map_err(|e| JournalError::Io {
+                dir: cfg.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let indexed = store
+            .audit_journal_progress(&opened.journal_id)
+            .await?
+            .unwrap_or(0);
+        let oldest = opened.segments.front().copied().unwrap_or(opened.durable);
+        if indexed > opened.durable || indexed < oldest {
+            return Err(JournalError::Damaged {
+                dir: cfg.dir.clone(),
+                what: format!(
+                    "the database has indexed {indexed} of its records, but the journal holds records {oldest}..{}; \
+                     its files were removed or replaced",
+                    opened.durable
+                ),
+            });
+        }
+        if opened.durable > indexed {
+            tracing::info!(
+                dir = %cfg.dir.display(),
+                records = opened.durable - indexed,
+                "audit journal holds records not yet indexed; indexing them"
+            );
+        }
+        let (durable_tx, durable_rx) = watch::channel(opened.durable);
+        let shared = Arc::new(Shared {
+            dir: cfg.dir.clone(),
+            journal_id: opened.journal_id,
+            durable: durable_rx,
+            indexed: watch::Sender::new(indexed),
+            segments: Mutex::new(opened.segments),
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            shared: shared.clone(),
+            durable: durable_tx,
+            file: opened.tail,
+            len: opened.tail_len,
+            segment_bytes: cfg.segment_bytes,
+            max_backlog: cfg.max_backlog,
+            _lock: opened.lock,
+        };
+        let rt = tokio::runtime::Handle::current();
+        let writer_thread = std::thread::Builder::new()
+            .name("audit-journal".into())
+            .spawn(move || writer.run(rx, rt))
+            .map_err(|e| JournalError::Io {
+                dir: cfg.dir.clone(),
+                source: e,
+            })?;
+        let indexer = tokio::spawn(index(store, shared.clone(), cfg.index_batch, writer_thread));
+        Ok((Self { tx, shared }, JournalTasks { indexer }))
+    }
+
+    /// Appends records and returns once they are durable. Records still
+    /// queued when `deadline` passes are dropped, not written.
+    pub async fn append(
+        &self,
+        records: &[AuditRecord],
+        deadline: Option<Instant>,
+    ) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(records.len() * 256);
+        encode_records(records, &mut bytes);
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Submission {
+                bytes,
+                count: records.len() as u64,
+                deadline,
+                done,
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        wait.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Waits until every record durable when called is in the store, or
+    /// `limit` passes; returns whether it caught up.
+    pub async fn synced(&self, limit: Duration) -> bool {
+        let target = *self.shared.durable.borrow();
+        let mut indexed = self.shared.indexed.subscribe();
+        tokio::time::timeout(limit, indexed.wait_for(|i| *i >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Records durable in the journal but not yet in the store.
+    pub fn backlog(&self) -> u64 {
+        self.shared
+            .durable
+            .borrow()
+            .saturating_sub(*self.shared.indexed.borrow())
+    }
+}
+
+struct Opened {
+    journal_id: String,
+    lock: File,
+    segments: VecDeque<u64>,
+    durable: u64,
+    tail: File,
+    tail_len: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: String,
+    journal_id: String,
+    log_id: String,
+}
+
+fn open_dir(dir: &Path, log_id: &str) -> Result<Opened, JournalError> {
+    let io = |source| JournalError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let damaged = |what: String| JournalError::Damaged {
+        dir: dir.to_path_buf(),
+        what,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.into())),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let mut segments: Vec<u64> = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let name = e.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_suffix(".seg") {
+            let n = n
+                .parse::<u64>()
+                .map_err(|_| damaged(format!("unexpected file {name}")))?;
+            segments.push(n);
+        }
+    }
+    segments.sort_unstable();
+
+    let meta_path = dir.join(META_FILE);
+    let meta: Meta = match std::fs::read(&meta_path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| damaged(format!("{META_FILE} is unreadable: {e}")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !segments.is_empty() {
+                return Err(damaged(format!(
+                    "{META_FILE} is missing but segments exist"
+                )));
+            }
+            let meta = Meta {
+                format: "simverify audit journal 1".into(),
+                journal_id: uuid::Uuid::new_v4().simple().to_string(),
+                log_id: log_id.to_owned(),
+            };
+            write_atomically(
+                &meta_path,
+                &serde_json::to_vec_pretty(&meta).expect("serialisable"),
+            )
+            .map_err(io)?;
+            meta
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if meta.log_id != log_id {
+        return Err(JournalError::OtherLog {
+            dir: dir.into(),
+            journal_log: meta.log_id,
+            store_log: log_id.to_owned(),
+        });
+    }
+    let id = journal_id_bytes(&meta.journal_id).ok_or_else(|| damaged("bad journal id".into()))?;
+
+    // Only the newest segment may end in a torn write; older ones were
+    // synced before the next was begun.
+    let (tail, tail_len, durable) = match segments.last().copied() {
+        None => {
+            let first = 0;
+            let file = create_segment(dir, &id, first).map_err(io)?;
+            segments.push(first);
+            (file, HEADER_LEN, first)
+        }
+        Some(first) => {
+            let path = segment_path(dir, first);
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            check_header(&mut file, &id, first)
+                .map_err(|what| damaged(format!("{}: {what}", path.display())))?;
+            let (count, good_len) = scan(&mut file).map_err(io)?;
+            let actual = file.metadata().map_err(io)?.len();
+            if actual > good_len {
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = actual - good_len,
+                    "cutting off a torn audit journal tail (a write whose fsync never returned)"
+                );
+                file.set_len(good_len).map_err(io)?;
+                file.sync_all().map_err(io)?;
+            }
+            file.seek(SeekFrom::Start(good_len)).map_err(io)?;
+            (file, good_len, first + count)
+        }
+    };
+    Ok(Opened {
+        journal_id: meta.journal_id,
+        lock,
+        segments: segments.into(),
+        durable,
+        tail,
+        tail_len,
+    })
+}
+
+fn journal_id_bytes(id: &str) -> Option<[u8; 16]> {
+    uuid::Uuid::parse_str(id).ok().map(|u| *u.as_bytes())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn create_segment(dir: &Path, id: &[u8; 16], first: u64) -> std::io::Result<File> {
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(segment_path(dir, first))?;
+    let mut h = Vec::with_capacity(HEADER_LEN as usize);
+    h.extend(MAGIC);
+    h.push(VERSION);
+    h.extend(id);
+    h.extend(first.to_be_bytes());
+    f.write_all(&h)?;
+    f.sync_all()?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+fn check_header(f: &mut File, id: &[u8; 16], first: u64) -> Result<(), String> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    f.read_exact(&mut h)
+        .map_err(|_| "the segment header is incomplete".to_owned())?;
+    if &h[..4] != MAGIC || h[4] != VERSION {
+        return Err("not an audit journal segment".into());
+    }
+    if &h[5..21] != id {
+        return Err("the segment belongs to another journal".into());
+    }
+    if h[21..29] != first.to_be_bytes() {
+        return Err("the segment's first record number does not match its name".into());
+    }
+    Ok(())
+}
+
+/// Counts the intact records after the header; returns (count, length of
+/// the segment up to the end of the last intact record).
+fn scan(f: &mut File) -> std::io::Result<(u64, u64)> {
+    f.seek(SeekFrom::Start(HEADER_LEN))?;
+    let mut r = BufReader::with_capacity(1 << 20, &mut *f);
+    let (mut count, mut len) = (0u64, HEADER_LEN);
+    let mut body = Vec::new();
+    loop {
+        match read_frame(&mut r, &mut body) {
+            Ok(true) => {
+                count += 1;
+                len += (FRAME_LEN + body.len()) as u64;
+            }
+            Ok(false) => return Ok((count, len)),
+            // Damage at the tail is a torn write: the end of what was durable.
+            Err(FrameError::Damaged(_)) => return Ok((count, len)),
+            Err(FrameError::Io(e)) => return Err(e),
+        }
+    }
+}
+
+enum FrameError {
+    Io(std::io::Error),
+    Damaged(&'static str),
+}
+
+/// Reads one frame's body into `body`; `Ok(false)` at a clean end of file.
+fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, FrameError> {
+    let mut frame = [0u8; FRAME_LEN];
+    let mut got = 0;
+    while got < FRAME_LEN {
+        match r.read(&mut frame[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(FrameError::Damaged("a record header is cut short")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_be_bytes(frame[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_BODY {
+        return Err(FrameError::Damaged("a record length is impossible"));
+    }
+    body.resize(len as usize, 0);
+    r.read_exact(body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Damaged("a record is cut short"),
+        _ => FrameError::Io(e),
+    })?;
+    if CRC.checksum(body) != crc {
+        return Err(FrameError::Damaged("a record's checksum does not match"));
+    }
+    Ok(true)
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    durable: watch::Sender<u64>,
+    file: File,
+    len: u64,
+    segment_bytes: u64,
+    max_backlog: u64,
+    /// Held for the life of the writer: one process per journal.
+    _lock: File,
+}
+
+/// Most bytes gathered into one write (and one fsync).
+const MAX_GROUP_BYTES: usize = 16 << 20;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Submission>, rt: tokio::runtime::Handle) {
+        let mut durable = *self.shared.durable.borrow();
+        let mut indexed = self.shared.indexed.subscribe();
+        let mut group: Vec<Submission> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut broken = false;
+        while let Some(first) = rx.blocking_recv() {
+            // Back-pressure: a burst may run ahead of the indexer only so far.
+            let limit = self.max_backlog;
+            if durable.saturating_sub(*indexed.borrow()) >= limit {
+                tracing::warn!(
+                    backlog = limit,
+                    "audit journal backlog full; appends wait for the indexer"
+                );
+                let _ = rt.block_on(indexed.wait_for(|i| durable.saturating_sub(*i) < limit));
+            }
+            let now = Instant::now();
+            let mut next = Some(first);
+            let mut bytes = 0;
+            while let Some(s) = next.take() {
+                if s.deadline.is_some_and(|d| d <= now) || s.done.is_closed() {
+                    // Nobody will receive this answer: do not record it as given.
+                    let _ = s.done.send(Err(AuditError::DeadlineExceeded));
+                } else {
+                    bytes += s.bytes.len();
+                    group.push(s);
+                }
+                if bytes < MAX_GROUP_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            if broken {
+                for s in group.drain(..) {
+                    let _ = s.done.send(Err(AuditError::WriteFailed));
+                }
+                continue;
+            }
+            buf.clear();
+            let mut count = 0;
+            for s in &group {
+                buf.extend_from_slice(&s.bytes);
+                count += s.count;
+            }
+            let result = self.write(&buf, durable);
+            let result = match result {
+                Ok(()) => {
+                    durable += count;
+                    self.durable.send_replace(durable);
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %self.shared.dir.display(), "audit journal write failed");
+                    // Cut back to the last durable record so later groups
+                    // do not land after a half-written one.
+                    if let Err(e) = self
+                        .file
+                        .set_len(self.len)
+                        .and_then(|()| self.file.seek(SeekFrom::Start(self.len)).map(|_| ()))
+                    {
+                        tracing::error!(error = %e, "audit journal cannot be repaired; refusing further appends");
+                        broken = true;
+                    }
+                    Err(AuditError::WriteFailed)
+                }
+            };
+            for s in group.drain(..) {
+                let _ = s.done.send(result.clone());
+            }
+        }
+        tracing::debug!("audit journal writer stopped");
+    }
+
+    /// Writes `buf` (whole records) and makes it durable, beginning a new
+    /// segment first when the current one is full.
+    fn write(&mut self, buf: &[u8], durable: u64) -> std::io::Result<()> {
+        if self.len + buf.len() as u64 > self.segment_bytes && self.len > HEADER_LEN {
+            let id = journal_id_bytes(&self.shared.journal_id).expect("checked at open");
+            let file = create_segment(&self.shared.dir, &id, durable)?;
+            self.file = file;
+            self.len = HEADER_LEN;
+            self.shared
+                .segments
+                .lock()
+                .expect("not poisoned")
+                .push_back(durable);
+        }
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// Reads records back, in order, for the indexer.
+struct Reader {
+    shared: Arc<Shared>,
+    /// The segment being read, its reader, and the next record number.
+    at: Option<(u64, BufReader<File>, u64)>,
+    body: Vec<u8>,
+}
+
+impl Reader {
+    /// Records `from..to`, all durable.
+    fn read(&mut self, from: u64, to: u64) -> Result<Vec<AuditRecord>, JournalError> {
+        let read = self.read_positioned(from, to);
+        if read.is_err() {
+            // The file position is past whatever failed: start afresh next time,
+            // so a retry reads the same record again instead of the one after.
+            self.at = None;
+        }
+        read
+    }
+
+    fn read_positioned(&mut self, from: u64, to: u64) -> Result<Vec<AuditRecord>, JournalError> {
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut next = from;
+        while next < to {
+            let (seg_first, seg_end) = {
+                let segs = self.shared.segments.lock().expect("not poisoned");
+                let i = segs.partition_point(|&f| f <= next);
+                if i == 0 {
+                    return Err(self
+                        .shared
+                        .damaged(format!("record {next} is in no segment (removed?)")));
+                }
+                (segs[i - 1], segs.get(i).copied().unwrap_or(u64::MAX))
+            };
+            if !matches!(&self.at, Some((f, _, n)) if *f == seg_first && *n == next) {
+                self.at = Some(self.seek(seg_first, next)?);
+            }
+            let (_, r, n) = self.at.as_mut().expect("positioned");
+            while *n < to.min(seg_end) {
+                match read_frame(r, &mut self.body) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(self
+                            .shared
+                            .damaged(format!("segment {seg_first:020} ends before record {n}")));
+                    }
+                    Err(FrameError::Io(e)) => return Err(self.shared.io(e)),
+                    Err(FrameError::Damaged(what)) => {
+                        return Err(self
+                            .shared
+                            .damaged(format!("segment {seg_first:020}, record {n}: {what}")));
+                    }
+                }
+                let rec = AuditRecord::decode_body(&self.body).map_err(|e| {
+                    self.shared
+                        .damaged(format!("segment {seg_first:020}, record {n}: {e}"))
+                })?;
+                out.push(rec);
+                *n += 1;
+            }
+            next = *n;
+        }
+        Ok(out)
+    }
+
+    fn seek(&self, first: u64, to: u64) -> Result<(u64, BufReader<File>, u64), JournalError> {
+        let path = segment_path(&self.shared.dir, first);
+        let mut f = File::open(&path).map_err(|e| self.shared.io(e))?;
+        f.seek(SeekFrom::Start(HEADER_LEN))
+            .map_err(|e| self.shared.io(e))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut body = Vec::new();
+        for n in first..to {
+            match read_frame(&mut r, &mut body) {
+                Ok(true) => {}
+                _ => {
+                    return Err(self
+                        .shared
+                        .damaged(format!("segment {first:020} ends before record {n}")));
+                }
+            }
+        }
+        Ok((first, r, to))
+    }
+}
+
+/// Moves durable records into the store until the writer has stopped and
+/// everything it wrote is indexed. Store errors are retried: the records
+/// stay safe in the journal meanwhile.
+async fn index(
+    store: Store,
+    shared: Arc<Shared>,
+    batch: usize,
+    writer: std::thread::JoinHandle<()>,
+) {
+    let mut durable_rx = shared.durable.clone();
+    let mut reader = Some(Reader {
+        shared: shared.clone(),
+        at: None,
+        body: Vec::new(),
+    });
+    let mut indexed = *shared.indexed.borrow();
+    let mut failures = 0u32;
+    loop {
+        let durable = *durable_rx.borrow_and_update();
+        if durable == indexed {
+            // An error means the writer has stopped: nothing more will come.
+            if durable_rx.changed().await.is_err() && *durable_rx.borrow() == indexed {
+                break;
+            }
+            continue;
+        }
+        let to = durable.min(indexed + batch as u64);
+        let mut r = reader.take().expect("reader is returned");
+        let (r, read) = tokio::task::spawn_blocking(move || {
+            let read = r.read(indexed, to);
+            (r, read)
+        })
+        .await
+        .expect("journal reader does not panic");
+        reader = Some(r);
+        let result = match read {
+            Ok(records) => store
+                .append_audit(
+                    &records,
+                    Some(JournalMark {
+                        journal_id: &shared.journal_id,
+                        from: indexed,
+                        to,
+                    }),
+                )
+                .await
+                .map_err(JournalError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                failures = 0;
+                indexed = to;
+                shared.indexed.send_replace(indexed);
+                remove_indexed_segments(&shared, indexed);
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100 << failures.min(6));
+                tracing::error!(
+                    error = %e,
+                    backlog = durable - indexed,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "indexing the audit journal failed; records stay in the journal"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::debug!(indexed, "audit journal indexer stopped");
+}
+
+/// Deletes segments every record of which is in the store. The newest
+/// segment stays: the writer appends to it.
+fn remove_indexed_segments(shared: &Shared, indexed: u64) {
+    let mut segs = shared.segments.lock().expect("not poisoned");
+    while segs.len() > 1 && segs[1] <= indexed {
+        let first = segs.pop_front().expect("len > 1");
+        let path = segment_path(&shared.dir, first);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, segment = %path.display(), "cannot remove an indexed audit journal segment");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Purpose, Verdict};
+
+    fn record(i: u64) -> AuditRecord {
+        AuditRecord {
+            audit_id: format!("audit-{i:08}"),
+            recorded_at: 1_790_000_000_000_000 + i as i64,
+            caller: "carrier-a".into(),
+            request_id: format!("req-{i}"),
+            job_id: Some("job".into()),
+            purpose: Purpose::Cleanup,
+            consent_ref: None,
+            lookup_key: None,
+            msisdn_hash: None,
+            key_id: 1,
+            verdict: Verdict::invalid(),
+            mirror_version: 1,
+            latency_us: 10,
+        }
+    }
+
+    async fn store(dir: &Path, name: &str) -> Store {
+        Store::connect(&format!("sqlite://{}", dir.join(name).display()))
+            .await
+            .unwrap()
+    }
+
+    fn config(dir: &Path) -> JournalConfig {
+        JournalConfig {
+            segment_bytes: 4096,
+            index_batch: 7,
+            ..JournalConfig::new(dir.join("journal"))
+        }
+    }
+
+    /// Opens the journal, waiting for a previous writer thread to let go.
+    async fn reopen(store: &Store, cfg: &JournalConfig) -> (Journal, JournalTasks) {
+        for _ in 0..100 {
+            match Journal::open(store.clone(), cfg.clone()).await {
+                Err(JournalError::Locked(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                r => return r.unwrap(),
+            }
+        }
+        panic!("the journal stayed locked");
+    }
+
+    async fn append_all(j: &Journal, from: u64, to: u64) {
+        for chunk in (from..to).collect::<Vec<_>>().chunks(13) {
+            let recs: Vec<_> = chunk.iter().map(|&i| record(i)).collect();
+            j.append(&recs, None).await.unwrap();
+        }
+    }
+
+    async fn request_ids(store: &Store) -> Vec<String> {
+        store
+            .audit_records_from(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record.request_id)
+            .collect()
+    }
+
+    fn segments(cfg: &JournalConfig) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&cfg.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Keeps the indexer from committing: a write lock on the SQLite file.
+    async fn hold_writes(dir: &Path) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("a.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_reach_the_store_once_in_order_and_old_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let cfg = config(dir.path());
+        let (j, tasks) = Journal::open(s.clone(), cfg.clone()).await.unwrap();
+        append_all(&j, 0, 400).await;
+        assert!(j.synced(Duration::from_secs(30)).await);
+        assert_eq!(j.backlog(), 0);
+        let want: Vec<String> = (0..400).map(|i| format!("req-{i}")).collect();
+        assert_eq!(request_ids(&s).await, want);
+        // 400 records of ~100 bytes fill several 4 KiB segments; indexed ones
+        // are removed, the one being written stays.
+        assert_eq!(segments(&cfg).len(), 1);
+        drop(j);
+        tasks.indexer.await.unwrap();
+        // Reopened, it goes on where it was.
+        let (j, tasks) = reopen(&s, &cfg).await;
+        append_all(&j, 400, 450).await;
+        drop(j);
+        tasks.indexer.await.unwrap();
+        let want: Vec<String> = (0..450).map(|i| format!("req-{i}")).collect();
+        assert_eq!(request_ids(&s).await, want);
+        let check = crate::audit::log::verify_log(&s, None).await.unwrap();
+        assert_eq!(check.problem, None);
+        assert_eq!(check.records, 450);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_loses_nothing_acknowledged_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let cfg = config(dir.path());
+        let (j, tasks) = Journal::open(s.clone(), cfg.clone()).await.unwrap();
+        append_all(&j, 0, 20).await;
+        assert!(j.synced(Duration::from_secs(30)).await);
+        // The database stops taking writes; answers go on, from the journal.
+        let mut lock = hold_writes(dir.path()).await;
+        append_all(&j, 20, 300).await;
+        assert_eq!(j.backlog(), 280);
+        // The process dies: the indexer with it, mid-transaction.
+        tasks.indexer.abort();
+        drop(j);
+        // A write that had not returned when it died: half a record.
+        let tail = segments(&cfg).pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&tail).unwrap();
+        let mut torn = Vec::new();
+        encode_records(&[record(999)], &mut torn);
+        f.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+
+        let (j, tasks) = reopen(&s, &cfg).await;
+        assert!(j.synced(Duration::from_secs(30)).await);
+        let want: Vec<String> = (0..300).map(|i| format!("req-{i}")).collect();
+        assert_eq!(
+            request_ids(&s).await,
+            want,
+            "each acknowledged record exactly once"
+        );
+        // Appends continue after the cut.
+        append_all(&j, 300, 310).await;
+        drop(j);
+        tasks.indexer.await.unwrap();
+        assert_eq!(s.audit_count().await.unwrap(), 310);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damage_inside_the_journal_stops_indexing_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let cfg = JournalConfig {
+            index_batch: 1,
+            ..config(dir.path())
+        };
+        let (j, tasks) = Journal::open(s.clone(), cfg.clone()).await.unwrap();
+        let mut lock = hold_writes(dir.path()).await;
+        append_all(&j, 0, 200).await;
+        tasks.indexer.abort();
+        drop(j);
+        // Flip a byte in the body of the first record of the second segment.
+        let second = &segments(&cfg)[1];
+        let first_no: u64 = second
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut bytes = std::fs::read(second).unwrap();
+        bytes[HEADER_LEN as usize + FRAME_LEN + 3] ^= 0x40;
+        std::fs::write(second, bytes).unwrap();
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+
+        let (j, _tasks) = reopen(&s, &cfg).await;
+        assert!(!j.synced(Duration::from_secs(2)).await);
+        // Everything before the damaged record is indexed; nothing after it
+        // is skipped over.
+        assert_eq!(s.audit_count().await.unwrap() as u64, first_no);
+        assert_eq!(j.backlog(), 200 - first_no);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_journal_one_gateway_one_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store(dir.path(), "a.db").await;
+        let b = store(dir.path(), "b.db").await;
+        let cfg = config(dir.path());
+        let (j, tasks) = Journal::open(a.clone(), cfg.clone()).await.unwrap();
+        assert!(matches!(
+            Journal::open(a.clone(), cfg.clone()).await,
+            Err(JournalError::Locked(_))
+        ));
+        drop(j);
+        tasks.indexer.await.unwrap();
+        match reopen_other(&b, &cfg).await {
+            Err(JournalError::OtherLog { .. }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a journal was opened for another database"),
+        }
+    }
+
+    async fn reopen_other(
+        store: &Store,
+        cfg: &JournalConfig,
+    ) -> Result<(Journal, JournalTasks), JournalError> {
+        for _ in 0..100 {
+            match Journal::open(store.clone(), cfg.clone()).await {
+                Err(JournalError::Locked(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                r => return r,
+            }
+        }
+        panic!("the journal stayed locked");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_submissions_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let (j, tasks) = Journal::open(s.clone(), config(dir.path())).await.unwrap();
+        let past = Instant::now() - Duration::from_millis(1);
+        assert!(matches!(
+            j.append(&[record(1)], Some(past)).await,
+            Err(AuditError::DeadlineExceeded)
+        ));
+        j.append(&[record(2)], Some(Instant::now() + Duration::from_secs(60)))
+            .await
+            .unwrap();
+        drop(j);
+        tasks.indexer.await.unwrap();
+        assert_eq!(request_ids(&s).await, vec!["req-2".to_owned()]);
+    }
+}
