@@ -1,15 +1,23 @@
 //! Load generator: the gateway and a bare tonic echo server of the same
-//! contract, driven by the same client with the same settings in one run, so
-//! the gateway's cost can be quoted as a ratio of the transport's.
+//! contract, driven by the same clients with the same settings in one run,
+//! so the gateway's cost can be quoted as a ratio of the transport's.
 //!
 //! `cargo bench --bench loadgen -- [--quick] [--people N] [--rows N]
-//!  [--seconds S] [--pg postgres://postgres@127.0.0.1:5432/postgres]`
+//!  [--seconds S] [--pg URL] [--only TAG,TAG] [--skip TAG,TAG]`
 //!
-//! Scenarios (mutual TLS and durable audit always on):
-//! - mirror import into SQLite and PostgreSQL;
-//! - unary Verify, cache warm, 4 connections × 64 in flight: echo, SQLite, PostgreSQL;
-//! - `simverify batch run` over the subscriber file (VerifyStream): echo;
-//!   cache cold and warm on SQLite; cache cold and warm on PostgreSQL.
+//! Everything runs with mutual TLS and the durable audit log. Scenarios
+//! (tags in brackets select them with `--only`/`--skip`):
+//! - cache memory: RSS growth per cached mirror record [memory];
+//! - mirror import into SQLite and PostgreSQL, and a raw `COPY` of the same
+//!   rows into PostgreSQL as the import's ceiling [import];
+//! - unary Verify at several concurrencies, cache warm [unary];
+//! - VerifyStream with several batch sizes, cache cold then warm [stream];
+//! - `simverify batch run` over the subscriber file: the cleanup client
+//!   with its CSV, validation, output and checkpoints [batch];
+//!
+//! each against the echo [echo], then the gateway on SQLite [sqlite] and on
+//! PostgreSQL [postgres]. After every gateway scenario the run waits for the
+//! audit journal to be indexed and reports how long that took.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -44,16 +52,31 @@ struct Args {
     seconds: Option<u64>,
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pg: String,
-    /// Batch size of VerifyStream messages.
-    #[arg(long, default_value_t = 1000)]
-    batch_size: usize,
+    /// Run only scenarios carrying every one of these tags.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip scenarios carrying any of these tags.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
-const CONNECTIONS: usize = 4;
-const IN_FLIGHT_PER_CONNECTION: usize = 64;
+impl Args {
+    fn wants(&self, tags: &[&str]) -> bool {
+        self.only.iter().all(|t| tags.contains(&t.as_str()))
+            && !self.skip.iter().any(|t| tags.contains(&t.as_str()))
+    }
+}
+
+/// (connections, calls in flight per connection).
+const UNARY_SHAPES: [(usize, usize); 3] = [(1, 16), (4, 64), (8, 128)];
+/// The shape the targets are quoted at.
+const UNARY_TARGET_SHAPE: (usize, usize) = (4, 64);
+const STREAM_BATCHES: [usize; 3] = [100, 1000, 5000];
+/// VerifyStream messages in flight (the same as `batch run`'s default).
+const STREAM_WINDOW: usize = 8;
 
 // ---------------------------------------------------------------- echo
 
@@ -150,6 +173,7 @@ async fn spawn_echo(pki: &Pki) -> (std::net::SocketAddr, tokio::sync::oneshot::S
 
 struct Gateway {
     addr: std::net::SocketAddr,
+    verifier: Option<Verifier>,
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<Result<(), simverify::grpc::ServeError>>,
     store: Store,
@@ -193,9 +217,11 @@ async fn spawn_gateway(
             .unwrap();
     let cfg = ServerConfig {
         max_concurrent_requests: 4096,
+        audit_drain: Duration::from_secs(3600),
         security: Security::MutualTls { tls, principals },
-        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(signer))
+        ..ServerConfig::plaintext("127.0.0.1:0".parse().unwrap(), Arc::new(signer))
     };
+    let kept = verifier.clone();
     let app = Application::build(cfg, verifier, tasks).await.unwrap();
     let addr = app.local_addr();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -204,6 +230,7 @@ async fn spawn_gateway(
     }));
     Gateway {
         addr,
+        verifier: Some(kept),
         stop,
         done,
         store,
@@ -211,7 +238,16 @@ async fn spawn_gateway(
 }
 
 impl Gateway {
-    async fn shutdown(self) {
+    /// Waits for the audit journal to be indexed; returns how long it took.
+    async fn indexed(&self) -> Duration {
+        let t = Instant::now();
+        let v = self.verifier.as_ref().expect("running");
+        while !v.audit_synced(Duration::from_secs(60)).await {}
+        t.elapsed()
+    }
+
+    async fn shutdown(mut self) {
+        self.verifier = None;
         let _ = self.stop.send(());
         self.done.await.unwrap().unwrap();
         self.store.close().await;
@@ -240,25 +276,48 @@ async fn channel(pki: &Pki, addr: std::net::SocketAddr) -> Channel {
 
 // ---------------------------------------------------------------- scenarios
 
-struct Unary {
-    rps: f64,
+/// Throughput and latency of one scenario.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Requests (unary) or items (streams) per second.
+    rate: f64,
     p50: Duration,
     p99: Duration,
     p999: Duration,
+}
+
+fn run_of(mut lat: Vec<Duration>, items: usize, elapsed: Duration) -> Run {
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Run {
+        rate: items as f64 / elapsed.as_secs_f64(),
+        p50: q(0.50),
+        p99: q(0.99),
+        p999: q(0.999),
+    }
 }
 
 async fn unary(
     pki: &Pki,
     addr: std::net::SocketAddr,
     requests: Arc<Vec<pb::VerifyRequest>>,
+    (connections, in_flight): (usize, usize),
     secs: u64,
-) -> Unary {
+) -> Run {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    let until = Instant::now() + Duration::from_secs(secs);
-    for _ in 0..CONNECTIONS {
-        let ch = channel(pki, addr).await;
-        for _ in 0..IN_FLIGHT_PER_CONNECTION {
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        channels.push(channel(pki, addr).await);
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    for ch in channels {
+        for _ in 0..in_flight {
             let mut client = pb::verification_client::VerificationClient::new(ch.clone());
             let (requests, next) = (requests.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
@@ -273,20 +332,72 @@ async fn unary(
             }));
         }
     }
-    let started = Instant::now();
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Unary {
-        rps: all.len() as f64 / elapsed,
-        p50: q(0.50),
-        p99: q(0.99),
-        p999: q(0.999),
+    let n = all.len();
+    run_of(all, n, started.elapsed())
+}
+
+/// Streams `requests` through VerifyStream in batches of `batch`, with
+/// [`STREAM_WINDOW`] batches in flight; latency is per batch.
+async fn stream(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    requests: &[pb::VerifyRequest],
+    batch: usize,
+) -> Run {
+    let batches: Vec<pb::VerifyBatch> = requests
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, c)| pb::VerifyBatch {
+            batch_seq: i as u64 + 1,
+            job_id: "loadgen".into(),
+            requests: c.to_vec(),
+        })
+        .collect();
+    let total = batches.len();
+    let mut client = pb::verification_client::VerificationClient::new(channel(pki, addr).await)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::VerifyBatch>(STREAM_WINDOW);
+    let sent_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let window = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW));
+    let started = Instant::now();
+    let feeder = {
+        let (sent_at, window) = (sent_at.clone(), window.clone());
+        tokio::spawn(async move {
+            for b in batches {
+                window.acquire().await.unwrap().forget();
+                sent_at.lock().unwrap().push(Instant::now());
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut results = client
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut lat = Vec::with_capacity(total);
+    let mut items = 0;
+    while let Some(r) = results.next().await {
+        let r = r.expect("batch");
+        items += r.results.len();
+        let sent = sent_at.lock().unwrap()[r.batch_seq as usize - 1];
+        lat.push(sent.elapsed());
+        window.add_permits(1);
+        if lat.len() == total {
+            break;
+        }
     }
+    let elapsed = started.elapsed();
+    feeder.await.unwrap();
+    assert_eq!(items, requests.len());
+    run_of(lat, items, elapsed)
 }
 
 /// Runs `simverify batch run` in-process over `input`; returns rows/s.
@@ -295,7 +406,6 @@ async fn batch_run(
     addr: std::net::SocketAddr,
     input: &Path,
     out: &Path,
-    batch_size: usize,
     rows: u64,
 ) -> f64 {
     let argv: Vec<String> = vec![
@@ -308,8 +418,6 @@ async fn batch_run(
         input.display().to_string(),
         "--output".into(),
         out.display().to_string(),
-        "--batch-size".into(),
-        batch_size.to_string(),
         "--server".into(),
         format!("https://localhost:{}", addr.port()),
         "--ca".into(),
@@ -325,7 +433,7 @@ async fn batch_run(
     rows as f64 / t.elapsed().as_secs_f64()
 }
 
-fn read_requests(path: &Path, max: usize) -> Vec<pb::VerifyRequest> {
+fn read_requests(path: &Path, max: usize, purpose: pb::Purpose) -> Vec<pb::VerifyRequest> {
     let mut rdr = csv::Reader::from_path(path).unwrap();
     rdr.records()
         .take(max)
@@ -340,7 +448,7 @@ fn read_requests(path: &Path, max: usize) -> Vec<pb::VerifyRequest> {
                 date_of_birth: r[3].to_owned(),
                 sex: simverify::grpc::convert::sex_to_pb(simverify::domain::Sex::parse(&r[4]))
                     as i32,
-                purpose: pb::Purpose::Activation as i32,
+                purpose: purpose as i32,
                 consent_ref: None,
             }
         })
@@ -368,6 +476,107 @@ async fn fresh_pg(admin: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// Raw `COPY` of the imported mirror rows into an empty copy of the table
+/// (same columns, key and index): what PostgreSQL itself takes to load
+/// them, the ceiling of an import. Returns rows/s.
+async fn raw_copy(url: &str) -> f64 {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut data = Vec::new();
+    let mut out = c
+        .copy_out_raw("COPY mirror_records TO STDOUT (FORMAT binary)")
+        .await
+        .unwrap();
+    while let Some(chunk) = out.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    drop(out);
+    sqlx::query("CREATE TABLE copy_ceiling (LIKE mirror_records INCLUDING ALL)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mirror_records")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut tx = c.begin().await.unwrap();
+    let mut copy = tx
+        .copy_in_raw("COPY copy_ceiling FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    for chunk in data.chunks(1 << 20) {
+        copy.send(chunk).await.unwrap();
+    }
+    copy.finish().await.unwrap();
+    tx.commit().await.unwrap();
+    let rate = rows as f64 / t.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE copy_ceiling")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    rate
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// RSS growth per entry of a cache filled with `n` distinct records of the
+/// shape the mirror holds (a 3-token name on average).
+fn cache_memory(n: u64) -> f64 {
+    use simverify::cache::{CacheConfig, MirrorCache};
+    use simverify::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
+    let cache = MirrorCache::new(CacheConfig {
+        max_entries: n,
+        ..CacheConfig::default()
+    });
+    let before = rss();
+    for i in 0..n {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        let h = |t: u8| {
+            let mut b = [t; 16];
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            FieldHash(b)
+        };
+        let rec = MirrorRecord {
+            name: h(1),
+            folded: h(2),
+            tokens: vec![h(3), h(4), h(5)],
+            dob: h(6),
+            dob_precision: DobPrecision::Day,
+            sex: h(7),
+            status: RecordStatus::Active,
+            key_id: 1,
+            source_version: 1,
+        };
+        cache.insert(LookupKey(key), Some(Arc::new(rec)));
+    }
+    assert_eq!(cache.entry_count(), n);
+    let grown = rss().saturating_sub(before);
+    drop(cache);
+    grown as f64 / n as f64
+}
+
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        println!("{s}");
+        self.lines.push(s);
+    }
+}
+
 async fn run(args: Args) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let people = args
@@ -385,6 +594,16 @@ async fn run(args: Args) {
         month: 1,
         day: 1,
     };
+    let mut report = Report { lines: Vec::new() };
+
+    // Cache memory first, while the process is small.
+    if args.wants(&["memory"]) {
+        let n = if args.quick { 200_000 } else { 1_000_000 };
+        let per = cache_memory(n);
+        report.line(format!(
+            "cache memory: {per:.0} bytes per entry (RSS growth over {n} entries)"
+        ));
+    }
 
     // Inputs, generated once per size.
     let pop = work.join(format!("population-{people}.csv"));
@@ -415,26 +634,19 @@ async fn run(args: Args) {
     simverify::pki::init(&pki_dir, simverify::clock::today_vn(), true).unwrap();
     let pki = Pki { dir: pki_dir };
     let hasher = simverify::domain::KeyedHasher::new(&[0x5a; 32], 1).unwrap();
-
-    let mut report = Vec::new();
-    let mut line = |s: String| {
-        println!("{s}");
-        report.push(s);
-    };
-    line(format!(
-        "machine: {} cores; people {people}, subscriber rows {rows}, unary {CONNECTIONS}×{IN_FLIGHT_PER_CONNECTION} in flight for {secs} s, stream batch {}",
+    report.line(format!(
+        "machine: {} cores; people {people}, subscriber rows {rows}, unary runs of {secs} s, stream window {STREAM_WINDOW}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        args.batch_size
     ));
 
-    // Imports.
+    // Fresh databases, filled by the import (timed).
     let sqlite_path = work.join("bench.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", sqlite_path.display()));
     }
     let sqlite_url = format!("sqlite://{}", sqlite_path.display());
     let pg_url = fresh_pg(&args.pg, "simverify_loadgen").await;
-    let mut import_rate = Vec::new();
+    let mut imports = Vec::new();
     for (name, url) in [("SQLite", &sqlite_url), ("PostgreSQL", &pg_url)] {
         let store = Store::connect(url).await.unwrap();
         let t = Instant::now();
@@ -447,69 +659,187 @@ async fn run(args: Args) {
         )
         .await
         .unwrap();
-        let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
-        import_rate.push((name, rate));
+        imports.push((
+            format!("import into {name} (parse, normalise, hash, upsert)"),
+            r.rows_read as f64 / t.elapsed().as_secs_f64(),
+        ));
         store.close().await;
     }
+    if args.wants(&["import"]) {
+        imports.push((
+            "raw COPY of the same rows into PostgreSQL".into(),
+            raw_copy(&pg_url).await,
+        ));
+        report.line(String::new());
+        report.line(format!("| mirror import, {people} people | rows/s |"));
+        report.line("|---|---:|");
+        for (n, r) in &imports {
+            report.line(format!("| {n} | {r:.0} |"));
+        }
+        report.line(format!(
+            "| import / raw COPY (PostgreSQL) | {:.2} |",
+            imports[1].1 / imports[2].1
+        ));
+    }
 
-    let requests = Arc::new(read_requests(&subs, 200_000));
+    let unary_requests = Arc::new(read_requests(&subs, 200_000, pb::Purpose::Activation));
+    let stream_requests = read_requests(&subs, rows as usize, pb::Purpose::Cleanup);
     let (echo_addr, echo_stop) = spawn_echo(&pki).await;
     let out = work.join("results.csv");
 
-    let echo_unary = unary(&pki, echo_addr, requests.clone(), secs).await;
-    let echo_stream = batch_run(&pki, echo_addr, &subs, &out, args.batch_size, rows).await;
+    // Rows: (scenario, backend label, Run, indexed-after).
+    let mut unary_rows: Vec<(String, String, Run)> = Vec::new();
+    let mut stream_rows: Vec<(String, String, Run, Option<Duration>)> = Vec::new();
+    let mut batch_rows: Vec<(String, f64, Option<Duration>)> = Vec::new();
 
-    let mut unary_rows = vec![("bare tonic echo".to_owned(), echo_unary)];
-    let mut stream_rows = vec![("bare tonic echo".to_owned(), echo_stream)];
-    for (name, url) in [("SQLite", &sqlite_url), ("PostgreSQL", &pg_url)] {
-        let gw = spawn_gateway(&pki, url, &hasher, &work.join(format!("journal-{name}"))).await;
-        let cold = batch_run(&pki, gw.addr, &subs, &out, args.batch_size, rows).await;
-        let warm = batch_run(&pki, gw.addr, &subs, &out, args.batch_size, rows).await;
-        let u = unary(&pki, gw.addr, requests.clone(), secs).await;
-        stream_rows.push((format!("gateway, {name}, cache cold"), cold));
-        stream_rows.push((format!("gateway, {name}, cache warm"), warm));
-        unary_rows.push((format!("gateway, {name}, cache warm"), u));
-        gw.shutdown().await;
+    if args.wants(&["echo", "unary"]) {
+        for shape in UNARY_SHAPES {
+            let r = unary(&pki, echo_addr, unary_requests.clone(), shape, secs).await;
+            unary_rows.push((shape_name(shape), "bare tonic echo".into(), r));
+        }
+    }
+    if args.wants(&["echo", "stream"]) {
+        for b in STREAM_BATCHES {
+            let r = stream(&pki, echo_addr, &stream_requests, b).await;
+            stream_rows.push((format!("batch {b}"), "bare tonic echo".into(), r, None));
+        }
+    }
+    if args.wants(&["echo", "batch"]) {
+        let r = batch_run(&pki, echo_addr, &subs, &out, rows).await;
+        batch_rows.push(("bare tonic echo".into(), r, None));
+    }
+
+    for (name, tag, url) in [
+        ("SQLite", "sqlite", &sqlite_url),
+        ("PostgreSQL", "postgres", &pg_url),
+    ] {
+        let journal = work.join(format!("journal-{tag}"));
+        if args.wants(&[tag, "batch"]) {
+            let gw = spawn_gateway(&pki, url, &hasher, &journal).await;
+            let cold = batch_run(&pki, gw.addr, &subs, &out, rows).await;
+            let cold_ix = gw.indexed().await;
+            let warm = batch_run(&pki, gw.addr, &subs, &out, rows).await;
+            let warm_ix = gw.indexed().await;
+            batch_rows.push((format!("gateway, {name}, cache cold"), cold, Some(cold_ix)));
+            batch_rows.push((format!("gateway, {name}, cache warm"), warm, Some(warm_ix)));
+            gw.shutdown().await;
+        }
+        if args.wants(&[tag, "stream"]) {
+            let gw = spawn_gateway(&pki, url, &hasher, &journal).await;
+            let cold = stream(&pki, gw.addr, &stream_requests, 1000).await;
+            let ix = gw.indexed().await;
+            stream_rows.push((
+                "batch 1000".into(),
+                format!("gateway, {name}, cache cold"),
+                cold,
+                Some(ix),
+            ));
+            for b in STREAM_BATCHES {
+                let r = stream(&pki, gw.addr, &stream_requests, b).await;
+                let ix = gw.indexed().await;
+                stream_rows.push((
+                    format!("batch {b}"),
+                    format!("gateway, {name}, cache warm"),
+                    r,
+                    Some(ix),
+                ));
+            }
+            gw.shutdown().await;
+        }
+        if args.wants(&[tag, "unary"]) {
+            let gw = spawn_gateway(&pki, url, &hasher, &journal).await;
+            // Warm the cache with the requests the runs draw from.
+            let _ = stream(&pki, gw.addr, &unary_requests, 1000).await;
+            gw.indexed().await;
+            for shape in UNARY_SHAPES {
+                let r = unary(&pki, gw.addr, unary_requests.clone(), shape, secs).await;
+                gw.indexed().await;
+                unary_rows.push((shape_name(shape), format!("gateway, {name}, cache warm"), r));
+            }
+            gw.shutdown().await;
+        }
     }
     let _ = echo_stop.send(());
 
-    line(String::new());
-    line("| unary Verify (mTLS, durable audit) | req/s | ratio to echo | p50 ms | p99 ms | p99.9 ms | p99 ratio |".into());
-    line("|---|---:|---:|---:|---:|---:|---:|".into());
-    let (e_rps, e_p99) = (unary_rows[0].1.rps, unary_rows[0].1.p99);
-    for (n, u) in &unary_rows {
-        line(format!(
-            "| {n} | {:.0} | {:.2} | {} | {} | {} | {:.2} |",
-            u.rps,
-            u.rps / e_rps,
-            ms(u.p50),
-            ms(u.p99),
-            ms(u.p999),
-            u.p99.as_secs_f64() / e_p99.as_secs_f64()
+    if !unary_rows.is_empty() {
+        report.line(String::new());
+        report.line("| unary Verify (mTLS, durable audit) | in flight | req/s | ratio to echo | p50 ms | p99 ms | p99.9 ms | p99 ratio |");
+        report.line("|---|---|---:|---:|---:|---:|---:|---:|");
+        for (shape, who, r) in &unary_rows {
+            let echo = unary_rows
+                .iter()
+                .find(|(s, w, _)| s == shape && w == "bare tonic echo");
+            let (ratio, p99r) = echo.map_or(("–".into(), "–".into()), |(_, _, e)| {
+                (
+                    format!("{:.2}", r.rate / e.rate),
+                    format!("{:.2}", r.p99.as_secs_f64() / e.p99.as_secs_f64()),
+                )
+            });
+            let mark = if shape_name(UNARY_TARGET_SHAPE) == *shape {
+                " *"
+            } else {
+                ""
+            };
+            report.line(format!(
+                "| {who} | {shape}{mark} | {:.0} | {ratio} | {} | {} | {} | {p99r} |",
+                r.rate,
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.p999)
+            ));
+        }
+    }
+    if !stream_rows.is_empty() {
+        report.line(String::new());
+        report.line(format!(
+            "| VerifyStream over {rows} rows (mTLS, durable audit) | batch | items/s | ratio to echo | batch p50 ms | batch p99 ms | indexed after s |"
         ));
+        report.line("|---|---|---:|---:|---:|---:|---:|");
+        for (batch, who, r, ix) in &stream_rows {
+            let echo = stream_rows
+                .iter()
+                .find(|(b, w, _, _)| b == batch && w == "bare tonic echo");
+            let ratio = echo.map_or("–".into(), |(_, _, e, _)| {
+                format!("{:.2}", r.rate / e.rate)
+            });
+            report.line(format!(
+                "| {who} | {batch} | {:.0} | {ratio} | {} | {} | {} |",
+                r.rate,
+                ms(r.p50),
+                ms(r.p99),
+                ix.map_or("–".into(), |d| format!("{:.1}", d.as_secs_f64()))
+            ));
+        }
     }
-    line(String::new());
-    line(format!(
-        "| `batch run` over VerifyStream, {rows} rows | rows/s | ratio to echo |"
-    ));
-    line("|---|---:|---:|".into());
-    let e = stream_rows[0].1;
-    for (n, r) in &stream_rows {
-        line(format!("| {n} | {r:.0} | {:.2} |", r / e));
+    if !batch_rows.is_empty() {
+        report.line(String::new());
+        report.line(format!(
+            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | indexed after s |"
+        ));
+        report.line("|---|---:|---:|---:|");
+        let echo = batch_rows
+            .iter()
+            .find(|(w, _, _)| w == "bare tonic echo")
+            .map(|b| b.1);
+        for (who, r, ix) in &batch_rows {
+            report.line(format!(
+                "| {who} | {r:.0} | {} | {} |",
+                echo.map_or("–".into(), |e| format!("{:.2}", r / e)),
+                ix.map_or("–".into(), |d| format!("{:.1}", d.as_secs_f64()))
+            ));
+        }
     }
-    line(String::new());
-    line(format!("| mirror import, {people} people | rows/s |"));
-    line("|---|---:|".into());
-    for (n, r) in &import_rate {
-        line(format!("| {n} | {r:.0} |"));
-    }
-    std::fs::write(work.join("report.md"), report.join("\n")).unwrap();
+    std::fs::write(work.join("report.md"), report.lines.join("\n") + "\n").unwrap();
+}
+
+fn shape_name((c, f): (usize, usize)) -> String {
+    format!("{c}×{f}")
 }
 
 fn main() {
     let args = Args::parse();
-    // Client and servers share one runtime with the default worker count, the
-    // same for the echo and the gateway.
+    // Clients and servers share one runtime with the default worker count,
+    // the same for the echo and the gateway.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -79,8 +79,12 @@ pub struct JournalConfig {
     /// Records durable but not yet indexed before appends wait for the
     /// indexer: bounds the disk a burst may use and how stale queries get.
     pub max_backlog: u64,
-    /// Records per store transaction when indexing.
+    /// Records per store transaction when indexing at full speed.
     pub index_batch: usize,
+    /// Share of the time the indexer may work while answers are being
+    /// journaled (and the backlog is below half its limit): indexing yields
+    /// the CPU to answering during bursts and catches up when they end.
+    pub busy_share: f64,
 }
 
 impl JournalConfig {
@@ -90,6 +94,7 @@ impl JournalConfig {
             segment_bytes: 64 << 20,
             max_backlog: 5_000_000,
             index_batch: 20_000,
+            busy_share: 0.2,
         }
     }
 }
@@ -105,6 +110,22 @@ struct Shared {
     indexed: watch::Sender<u64>,
     /// First record number of each segment on disk, oldest first.
     segments: Mutex<VecDeque<u64>>,
+    /// When the writer last made records durable, in µs since `epoch`.
+    last_append_us: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+/// The writer counts as busy this long after its last append.
+const BUSY_WINDOW: Duration = Duration::from_millis(50);
+
+impl Shared {
+    fn busy(&self) -> bool {
+        let last = self
+            .last_append_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        now.saturating_sub(last) < BUSY_WINDOW.as_micros() as u64
+    }
 }
 
 impl Shared {
@@ -206,6 +227,8 @@ impl Journal {
             durable: durable_rx,
             indexed: watch::Sender::new(indexed),
             segments: Mutex::new(opened.segments),
+            last_append_us: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -225,7 +248,12 @@ impl Journal {
                 dir: cfg.dir.clone(),
                 source: e,
             })?;
-        let indexer = tokio::spawn(index(store, shared.clone(), cfg.index_batch, writer_thread));
+        let policy = IndexPolicy {
+            batch: cfg.index_batch,
+            busy_share: cfg.busy_share.clamp(0.01, 1.0),
+            eager_above: cfg.max_backlog / 2,
+        };
+        let indexer = tokio::spawn(index(store, shared.clone(), policy, writer_thread));
         Ok((Self { tx, shared }, JournalTasks { indexer }))
     }
 
@@ -571,6 +599,10 @@ impl Writer {
                 Ok(()) => {
                     durable += count;
                     self.durable.send_replace(durable);
+                    self.shared.last_append_us.store(
+                        self.shared.epoch.elapsed().as_micros() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     Ok(())
                 }
                 Err(e) => {
@@ -705,10 +737,16 @@ impl Reader {
 /// Moves durable records into the store until the writer has stopped and
 /// everything it wrote is indexed. Store errors are retried: the records
 /// stay safe in the journal meanwhile.
+struct IndexPolicy {
+    batch: usize,
+    busy_share: f64,
+    eager_above: u64,
+}
+
 async fn index(
     store: Store,
     shared: Arc<Shared>,
-    batch: usize,
+    policy: IndexPolicy,
     writer: std::thread::JoinHandle<()>,
 ) {
     let mut durable_rx = shared.durable.clone();
@@ -728,6 +766,16 @@ async fn index(
             }
             continue;
         }
+        // While answers are being journaled, index in small steps with
+        // pauses, so a burst is answered at full speed; catch up when it
+        // ends, or at once if the backlog grows past half its limit.
+        let yielding = shared.busy() && durable - indexed < policy.eager_above;
+        let batch = if yielding {
+            (policy.batch / 10).max(1)
+        } else {
+            policy.batch
+        };
+        let started = Instant::now();
         let to = durable.min(indexed + batch as u64);
         let mut r = reader.take().expect("reader is returned");
         let (r, read) = tokio::task::spawn_blocking(move || {
@@ -757,6 +805,11 @@ async fn index(
                 indexed = to;
                 shared.indexed.send_replace(indexed);
                 remove_indexed_segments(&shared, indexed);
+                if yielding {
+                    let worked = started.elapsed().as_secs_f64();
+                    let pause = worked * (1.0 - policy.busy_share) / policy.busy_share;
+                    tokio::time::sleep(Duration::from_secs_f64(pause.min(2.0))).await;
+                }
             }
             Err(e) => {
                 failures += 1;

@@ -259,6 +259,28 @@ fn classify(status: &tonic::Status) -> Stop {
     }
 }
 
+/// Why a call whose request side has closed ended. Answers still in flight
+/// are dropped (their rows are re-sent on retry, which the audit tolerates);
+/// the final status decides between retrying and stopping.
+async fn ended_call_status(results: &mut tonic::Streaming<pb::VerifyBatchResult>) -> Stop {
+    let closed = || Stop::Transient {
+        reason: "the stream closed".into(),
+        after: None,
+    };
+    let drain = async {
+        loop {
+            match results.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return classify(&status),
+                None => return closed(),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap_or_else(|_| closed())
+}
+
 /// Reads input rows after `skip`, validates them and groups them into chunks.
 fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>>) {
     let today = crate::clock::today_vn();
@@ -651,7 +673,9 @@ pub async fn attempt(
                         chunk.batch = Some(pb::VerifyBatch { batch_seq: batch.batch_seq, ..Default::default() });
                         let Some(tx) = &batch_tx else { unreachable!("input not done") };
                         if tx.send(batch).await.is_err() {
-                            break Err(Stop::Transient { reason: "the stream closed".into(), after: None });
+                            // The call has ended; its status (e.g. a batch the
+                            // gateway can never accept) says whether a retry helps.
+                            break Err(ended_call_status(&mut results).await);
                         }
                     }
                     pending.push_back(chunk);
