@@ -131,6 +131,9 @@ pub async fn import_csv<R: Read + Send + 'static>(
         version,
         ..Default::default()
     };
+    // A first import only adds records: they go in through the store's bulk
+    // path until a key turns out to exist already, then through the upsert.
+    let mut only_new = true;
     while let Some(msg) = rx.recv().await {
         match msg? {
             Chunk::Rejected(r) => {
@@ -145,7 +148,17 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 rows_read,
             } => {
                 let now = clock::now_micros();
-                let changed = store.upsert_records(&upserts, now).await?;
+                let bulk = match only_new {
+                    true => store.insert_new_records(&upserts, now).await?,
+                    false => None,
+                };
+                let changed = match bulk {
+                    Some(n) => n,
+                    None => {
+                        only_new = false;
+                        store.upsert_records(&upserts, now).await?
+                    }
+                };
                 report.changed += changed;
                 report.unchanged += upserts.len() as u64 - changed.min(upserts.len() as u64);
                 report.deleted += store.delete_records(&deletes, version).await?;

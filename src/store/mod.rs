@@ -237,6 +237,23 @@ impl Store {
         dispatch!(self, s => s.upsert_records(&rows, now_us).await)
     }
 
+    /// Inserts records of which none exists yet: the bulk path of a first
+    /// import. On PostgreSQL this is a binary `COPY`, about twice as fast as
+    /// the upsert. `Ok(None)` means nothing was written and
+    /// [`Store::upsert_records`] must be used: a key already existed, or the
+    /// backend has no faster path than its upsert.
+    pub async fn insert_new_records(
+        &self,
+        rows: &[(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(_) if rows.is_empty() => Ok(Some(0)),
+            Store::Postgres(s) => s.insert_new_records(&last_per_key(rows), now_us).await,
+        }
+    }
+
     /// Deletes records and leaves tombstones for cache invalidation.
     pub async fn delete_records(
         &self,
