@@ -38,10 +38,6 @@ use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
 
-// The same allocator as the `simverify` binary, so in-process figures match it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 struct Args {
     /// Small sizes and short runs, to check the harness.

@@ -6,12 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use simverify::cli::{Cli, run};
 
-// The gateway allocates small, short-lived buffers per request on every
-// worker thread; glibc's malloc spent ~14% of a loaded gateway's CPU on them
-// (BENCHMARKS.md), mimalloc's thread-local free lists a fraction of that.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls needs one process-wide crypto provider; ring is the only one built.
