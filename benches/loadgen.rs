@@ -61,6 +61,10 @@ struct Args {
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
+    /// Internal: measure one cache's memory in this (fresh) process and
+    /// print bytes per entry. `cache` or `moka`, with the entry count.
+    #[arg(long, hide = true, num_args = 2, value_names = ["KIND", "ENTRIES"])]
+    memory_probe: Vec<String>,
 }
 
 impl Args {
@@ -619,8 +623,18 @@ async fn run(args: Args) {
     // Cache memory first, while the process is small.
     if args.wants(&["memory"]) {
         let n = if args.quick { 200_000 } else { 1_000_000 };
-        let floor = moka_floor(n);
-        let per = cache_memory(n);
+        // Each in a fresh process: memory freed by one measurement stays in
+        // the allocator and would be reused, unseen by RSS, by the next.
+        let probe = |kind: &str| -> f64 {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--memory-probe", kind, &n.to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "memory probe {kind} failed");
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let per = probe("cache");
+        let floor = probe("moka");
         report.line(format!(
             "cache memory: {per:.0} bytes per entry (RSS growth over {n} entries); a bare moka cache with an empty value: {floor:.0} bytes per entry"
         ));
@@ -859,6 +873,16 @@ fn shape_name((c, f): (usize, usize)) -> String {
 
 fn main() {
     let args = Args::parse();
+    if let [kind, n] = args.memory_probe.as_slice() {
+        let n: u64 = n.parse().unwrap();
+        let per = match kind.as_str() {
+            "cache" => cache_memory(n),
+            "moka" => moka_floor(n),
+            other => panic!("unknown memory probe {other}"),
+        };
+        println!("{per}");
+        return;
+    }
     // Clients and servers share one runtime with the default worker count,
     // the same for the echo and the gateway.
     let rt = tokio::runtime::Builder::new_multi_thread()
