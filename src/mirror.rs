@@ -148,9 +148,10 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 rows_read,
             } => {
                 let now = clock::now_micros();
-                let bulk = match only_new {
-                    true => store.insert_new_records(&upserts, now).await?,
-                    false => None,
+                let bulk = if only_new {
+                    store.insert_new_records(&upserts, now).await?
+                } else {
+                    None
                 };
                 let changed = match bulk {
                     Some(n) => n,

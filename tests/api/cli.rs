@@ -127,32 +127,7 @@ impl Drop for Server {
 async fn serve_verify_and_stop(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = db.dir.path().join("data");
-    let mut child = simverify(&dir, &db)
-        .args([
-            "serve",
-            "--demo",
-            "--demo-size",
-            "200",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut server = Server(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited early").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1)
-            && line.contains("gateway ready")
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    let log =
-        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let (mut server, addr, log, _) = start_server(&mut serve_demo(&dir, &db));
 
     // The demo population is deterministic; pick a living person from it.
     let pop = std::fs::read_to_string(dir.join("demo-population.csv")).unwrap();
@@ -284,6 +259,20 @@ async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `simverify serve` running?"));
+}
+
+/// `simverify serve` on the demo data (200 people), on a free port.
+fn serve_demo(data_dir: &Path, db: &TestDb) -> Command {
+    let mut c = simverify(data_dir, db);
+    c.args([
+        "serve",
+        "--demo",
+        "--demo-size",
+        "200",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    c
 }
 
 /// Starts `simverify serve` with `args`; returns the process, its address
@@ -421,19 +410,7 @@ async fn answers_survive_a_killed_gateway(backend: Backend) {
     use sqlx::Connection;
     let db = TestDb::new(backend).await;
     let dir = db.dir.path().join("data");
-    let serve = |db: &TestDb| {
-        let mut c = simverify(&dir, db);
-        c.args([
-            "serve",
-            "--demo",
-            "--demo-size",
-            "200",
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        c
-    };
-    let (mut server, addr, _log, _) = start_server(&mut serve(&db));
+    let (mut server, addr, _log, _) = start_server(&mut serve_demo(&dir, &db));
     let addr: std::net::SocketAddr = addr.parse().unwrap();
 
     // Hold the database's write lock so nothing can be indexed.
@@ -489,7 +466,7 @@ async fn answers_survive_a_killed_gateway(backend: Backend) {
     );
 
     // The restarted gateway indexes what the killed one journaled.
-    let (mut server, _, log, _) = start_server(&mut serve(&db));
+    let (mut server, _, log, _) = start_server(&mut serve_demo(&dir, &db));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while store.audit_count().await.unwrap() < 200 {
         assert!(
