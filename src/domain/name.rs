@@ -62,66 +62,14 @@ impl FullName {
         if input.len() > MAX_INPUT_BYTES {
             return Err(NameError::TooLong);
         }
-        // Pass 1: decompose, lower-case, collapse whitespace, check characters.
-        let mut nfd: Vec<char> = Vec::with_capacity(input.len() + 8);
-        let mut pending_space = false;
-        for c in input.nfd() {
-            if c.is_whitespace() {
-                pending_space = !nfd.is_empty();
-                continue;
-            }
-            if c.is_control() {
-                return Err(NameError::ControlCharacter);
-            }
-            if matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}') {
-                // Zero-width characters pasted from other systems carry no letters.
-                continue;
-            }
-            if c.is_numeric() {
-                return Err(NameError::Digit);
-            }
-            let mapped = if is_combining_mark(c) {
-                c
-            } else if c.is_alphabetic() {
-                if pending_space {
-                    nfd.push(' ');
-                    pending_space = false;
-                }
-                for l in c.to_lowercase() {
-                    // Latin-1 'Ð'/'ð' is what Windows-1258 text read as
-                    // Latin-1 turns 'Đ' into; treat it as the letter it was.
-                    nfd.push(if l == 'ð' { 'đ' } else { l });
-                }
-                continue;
-            } else if matches!(c, '\'' | '\u{2019}' | '\u{02BC}') {
-                '\''
-            } else if matches!(c, '-' | '\u{2010}' | '\u{2011}') {
-                '-'
-            } else {
-                return Err(NameError::BadCharacter);
-            };
-            if pending_space {
-                nfd.push(' ');
-                pending_space = false;
-            }
-            nfd.push(mapped);
+        // Nearly every real name is ASCII letters, precomposed Vietnamese
+        // letters and spaces; those go through a per-letter table. Anything
+        // else (NFD input, other scripts, errors) takes the general path,
+        // which defines the result: the table is built from it.
+        match parse_fast(input) {
+            Some(name) => Ok(name),
+            None => parse_general(input),
         }
-        place_tone_marks(&mut nfd);
-
-        let letters = nfd.iter().filter(|c| c.is_alphabetic()).count();
-        if letters == 0 {
-            return Err(NameError::Empty);
-        }
-        if letters > MAX_LETTERS {
-            return Err(NameError::TooLong);
-        }
-        let canonical: String = nfd.iter().copied().nfc().collect();
-        let folded: String = nfd
-            .iter()
-            .filter(|&&c| !is_combining_mark(c))
-            .map(|&c| if c == 'đ' { 'd' } else { c })
-            .collect();
-        Ok(Self { canonical, folded })
     }
 
     /// NFC, lower case, single spaces, canonical tone placement.
@@ -148,6 +96,280 @@ impl FullName {
     }
 }
 
+/// The general path: decompose, check, place tone marks, recompose.
+fn parse_general(input: &str) -> Result<FullName, NameError> {
+    let nfd = decompose(input)?;
+    let letters = nfd.iter().filter(|c| c.is_alphabetic()).count();
+    if letters == 0 {
+        return Err(NameError::Empty);
+    }
+    if letters > MAX_LETTERS {
+        return Err(NameError::TooLong);
+    }
+    let canonical: String = nfd.iter().copied().nfc().collect();
+    let folded: String = nfd
+        .iter()
+        .filter(|&&c| !is_combining_mark(c))
+        .map(|&c| if c == 'đ' { 'd' } else { c })
+        .collect();
+    Ok(FullName { canonical, folded })
+}
+
+/// Decomposes, lower-cases, collapses whitespace, checks every character and
+/// places tone marks canonically. The result is NFD except for mark order,
+/// which the caller's NFC pass puts right.
+fn decompose(input: &str) -> Result<Vec<char>, NameError> {
+    let mut nfd: Vec<char> = Vec::with_capacity(input.len() + 8);
+    let mut pending_space = false;
+    for c in input.nfd() {
+        if c.is_whitespace() {
+            pending_space = !nfd.is_empty();
+            continue;
+        }
+        if c.is_control() {
+            return Err(NameError::ControlCharacter);
+        }
+        if matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}') {
+            // Zero-width characters pasted from other systems carry no letters.
+            continue;
+        }
+        if c.is_numeric() {
+            return Err(NameError::Digit);
+        }
+        let mapped = if is_combining_mark(c) {
+            c
+        } else if c.is_alphabetic() {
+            if pending_space {
+                nfd.push(' ');
+                pending_space = false;
+            }
+            for l in c.to_lowercase() {
+                // Latin-1 'Ð'/'ð' is what Windows-1258 text read as
+                // Latin-1 turns 'Đ' into; treat it as the letter it was.
+                nfd.push(if l == 'ð' { 'đ' } else { l });
+            }
+            continue;
+        } else if matches!(c, '\'' | '\u{2019}' | '\u{02BC}') {
+            '\''
+        } else if matches!(c, '-' | '\u{2010}' | '\u{2011}') {
+            '-'
+        } else {
+            return Err(NameError::BadCharacter);
+        };
+        if pending_space {
+            nfd.push(' ');
+            pending_space = false;
+        }
+        nfd.push(mapped);
+    }
+    place_tone_marks(&mut nfd);
+    Ok(nfd)
+}
+
+/// What the table knows about one character.
+#[derive(Clone, Copy)]
+enum Fast {
+    /// Not handled here: the general path decides.
+    Other,
+    Space,
+    /// `'` or `-`, kept as they are.
+    Punct(char),
+    Letter(FastLetter),
+}
+
+#[derive(Clone, Copy)]
+struct FastLetter {
+    /// Its canonical form: one precomposed lower-case character.
+    canonical: char,
+    /// Its folded form: one ASCII letter.
+    folded: u8,
+    /// Alphabetic code points in its decomposition (what the general path counts).
+    letters: u8,
+    /// The ASCII letter its decomposition starts with, or 0.
+    base: u8,
+    /// The tone mark it carries, if any.
+    tone: Option<char>,
+    /// It is a bare `o` or `u` with a tone: the tone may move to the next vowel.
+    movable: bool,
+}
+
+/// The table covers ASCII, Latin-1 and Latin Extended-A/B up to `ư`
+/// (U+01B0), then Latin Extended Additional, where the toned Vietnamese
+/// vowels live (U+1EA0..U+1EFF).
+const LOW_END: u32 = 0x1B8;
+const HIGH_START: u32 = 0x1EA0;
+const HIGH_END: u32 = 0x1F00;
+
+fn table_slot(c: char) -> Option<usize> {
+    match c as u32 {
+        n @ 0..LOW_END => Some(n as usize),
+        n @ HIGH_START..HIGH_END => Some((n - HIGH_START + LOW_END) as usize),
+        _ => None,
+    }
+}
+
+static TABLE: std::sync::LazyLock<Vec<Fast>> = std::sync::LazyLock::new(|| {
+    (0..LOW_END)
+        .chain(HIGH_START..HIGH_END)
+        .map(|n| char::from_u32(n).map_or(Fast::Other, table_entry))
+        .collect()
+});
+
+/// Derives a character's entry from the general path, so both paths agree
+/// by construction; characters whose result is not one precomposed letter
+/// folding to one ASCII letter are left to the general path.
+fn table_entry(c: char) -> Fast {
+    if c.is_whitespace() {
+        return Fast::Space;
+    }
+    if matches!(c, '\'' | '-') {
+        return Fast::Punct(c);
+    }
+    let Ok(nfd) = decompose(c.encode_utf8(&mut [0; 4])) else {
+        return Fast::Other;
+    };
+    let Some(&first) = nfd.first() else {
+        return Fast::Other;
+    };
+    if is_combining_mark(first) {
+        return Fast::Other;
+    }
+    let mut canonical = nfd.iter().copied().nfc();
+    let (Some(canonical), None) = (canonical.next(), canonical.next()) else {
+        return Fast::Other;
+    };
+    let mut folded = nfd
+        .iter()
+        .filter(|&&c| !is_combining_mark(c))
+        .map(|&c| if c == 'đ' { 'd' } else { c });
+    let (Some(folded), None) = (folded.next(), folded.next()) else {
+        return Fast::Other;
+    };
+    if !folded.is_ascii_alphabetic() {
+        return Fast::Other;
+    }
+    Fast::Letter(FastLetter {
+        canonical,
+        folded: folded as u8,
+        letters: nfd.iter().filter(|c| c.is_alphabetic()).count() as u8,
+        base: if first.is_ascii() { first as u8 } else { 0 },
+        tone: nfd[1..].iter().copied().find(|&m| is_tone_mark(m)),
+        movable: nfd.len() == 2 && matches!(first, 'o' | 'u') && is_tone_mark(nfd[1]),
+    })
+}
+
+/// `letter` (precomposed, no tone) with `tone` added, as one character.
+fn with_tone(letter: char, tone: char) -> Option<char> {
+    let mut composed = [letter, tone].into_iter().nfc();
+    match (composed.next(), composed.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// The table path. `None` means "not sure": the general path must decide
+/// (characters outside the table, and every error).
+fn parse_fast(input: &str) -> Option<FullName> {
+    let table = &*TABLE;
+    let mut out = FastOut {
+        canonical: String::with_capacity(input.len()),
+        folded: String::with_capacity(input.len()),
+        letters: 0,
+        previous: None,
+    };
+    // The letter being read: combining marks that follow (NFD input) still
+    // belong to it, so it is written out only when the next character comes.
+    let mut open: Option<FastLetter> = None;
+    let mut pending_space = false;
+    for c in input.chars() {
+        if ('\u{300}'..='\u{36F}').contains(&c) {
+            // A mark composes with the open letter into another table letter,
+            // or the general path takes over. Composing one mark at a time
+            // only succeeds for marks in canonical order, where it equals NFC.
+            let letter = open.as_mut()?;
+            let composed = unicode_normalization::char::compose(letter.canonical, c)?;
+            let Fast::Letter(l) = table[table_slot(composed)?] else {
+                return None;
+            };
+            *letter = l;
+            continue;
+        }
+        let fast = table[table_slot(c)?];
+        if matches!(fast, Fast::Other) {
+            return None;
+        }
+        if let Some(letter) = open.take() {
+            out.push_letter(letter)?;
+        }
+        match fast {
+            Fast::Other => unreachable!("returned above"),
+            Fast::Space => {
+                pending_space = !out.canonical.is_empty();
+                out.previous = None;
+            }
+            Fast::Punct(p) => {
+                out.space_if(std::mem::take(&mut pending_space));
+                out.canonical.push(p);
+                out.folded.push(p);
+                out.previous = None;
+            }
+            Fast::Letter(letter) => {
+                out.space_if(std::mem::take(&mut pending_space));
+                open = Some(letter);
+            }
+        }
+    }
+    if let Some(letter) = open {
+        out.push_letter(letter)?;
+    }
+    (1..=MAX_LETTERS)
+        .contains(&out.letters)
+        .then_some(FullName {
+            canonical: out.canonical,
+            folded: out.folded,
+        })
+}
+
+struct FastOut {
+    canonical: String,
+    folded: String,
+    letters: usize,
+    /// The last letter written, when nothing has been written after it.
+    previous: Option<FastLetter>,
+}
+
+impl FastOut {
+    fn space_if(&mut self, pending: bool) {
+        if pending {
+            self.canonical.push(' ');
+            self.folded.push(' ');
+        }
+    }
+
+    fn push_letter(&mut self, mut letter: FastLetter) -> Option<()> {
+        // Same rule as `place_tone_marks`: a tone on the bare first vowel of
+        // oa/oe/uy moves to the second unless it has one.
+        if let Some(first) = self.previous.filter(|p| p.movable)
+            && letter.tone.is_none()
+            && matches!(
+                (first.base, letter.base),
+                (b'o', b'a') | (b'o', b'e') | (b'u', b'y')
+            )
+        {
+            let tone = first.tone?;
+            letter.canonical = with_tone(letter.canonical, tone)?;
+            letter.tone = Some(tone);
+            self.canonical.pop();
+            self.canonical.push(first.base as char);
+        }
+        self.canonical.push(letter.canonical);
+        self.folded.push(letter.folded as char);
+        self.letters += usize::from(letter.letters);
+        self.previous = Some(letter);
+        Some(())
+    }
+}
+
 /// Moves a tone mark written on the first vowel of `oa`, `oe` or `uy` onto
 /// the second ("hòa" → "hoà", "thủy" → "thuỷ"). Both placements are in common
 /// use and they are different code points even under NFC, so one must be
@@ -165,9 +387,17 @@ fn place_tone_marks(s: &mut Vec<char>) {
                 .any(|&c| is_tone_mark(c));
             if !second_has_tone {
                 s.remove(i + 1);
-                // NFC re-orders marks canonically, so inserting right after
-                // the base letter is enough.
-                s.insert(i + 2, mark);
+                // After the second vowel's own marks (circumflex, breve,
+                // horn), as in its canonical decomposition: "ê" + grave
+                // must compose to "ề", which "e" + grave + circumflex would
+                // not (both marks are class 230, so NFC keeps their order).
+                let end = i
+                    + 2
+                    + s[i + 2..]
+                        .iter()
+                        .take_while(|&&c| is_combining_mark(c))
+                        .count();
+                s.insert(end, mark);
             }
         }
         i += 1;
@@ -265,7 +495,89 @@ mod tests {
         assert_eq!(FullName::parse(&"a ".repeat(400)), Err(NameError::TooLong));
     }
 
+    #[test]
+    fn tone_moves_onto_a_modified_vowel() {
+        // The mark goes after the circumflex, so the pair composes.
+        assert_eq!(canon("Hòê"), "hoề");
+        assert_eq!(canon("Hòê"), canon("Hoề"));
+        assert_eq!(canon("Họê"), "hoệ");
+        assert_eq!(canon(&"Họê".nfd().collect::<String>()), "hoệ");
+    }
+
+    /// Every letter the table knows, in upper and lower case.
+    fn table_letters() -> Vec<char> {
+        (0..LOW_END)
+            .chain(HIGH_START..HIGH_END)
+            .filter_map(char::from_u32)
+            .filter(|&c| matches!(table_entry(c), Fast::Letter(_)))
+            .collect()
+    }
+
+    const VIETNAMESE: &str =
+        "aàáảãạăằắẳẵặâầấẩẫậbcdđeèéẻẽẹêềếểễệghiìíỉĩịklmnoòóỏõọôồốổỗộơờớởỡợpqrstuùúủũụưừứửữựvxyỳýỷỹỵ";
+
+    #[test]
+    fn every_vietnamese_letter_pair_takes_the_table_path() {
+        let alphabet: Vec<char> = VIETNAMESE
+            .chars()
+            .flat_map(|c| [c, c.to_uppercase().next().unwrap()])
+            .collect();
+        for &a in &alphabet {
+            for &b in &alphabet {
+                let s: String = [a, b].iter().collect();
+                assert!(parse_fast(&s).is_some(), "{s:?}");
+                assert!(parse_fast(&s.nfd().collect::<String>()).is_some(), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nfd_input_takes_the_table_path_too() {
+        for name in [
+            "Nguyễn Thị Ngọc Hoà",
+            "Đặng Thủy",
+            "TRƯƠNG VĂN ỚN",
+            "Hòa Khỏe",
+        ] {
+            let nfd: String = name.nfd().collect();
+            assert_ne!(nfd, name);
+            assert_eq!(
+                Some(parse_general(&nfd).unwrap()),
+                parse_fast(&nfd),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn table_path_agrees_with_the_general_path_on_every_letter_pair() {
+        // Tone placement is the only rule that looks across letters, and it
+        // looks at exactly two: checking every pair covers it. (A pair the
+        // table cannot recompose after moving a tone, one whose second letter
+        // has no precomposed toned form, is left to the general path.)
+        let letters = table_letters();
+        assert!(letters.len() > 2 * VIETNAMESE.chars().count());
+        for &a in &letters {
+            for &b in &letters {
+                let nfc: String = [a, b].iter().collect();
+                let nfd: String = nfc.nfd().collect();
+                for s in [nfc, nfd] {
+                    if let Some(fast) = parse_fast(&s) {
+                        assert_eq!(Ok(fast), parse_general(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn table_path_agrees_with_the_general_path(s in "[a-zA-ZàáảãạăắằẳẵặâấầẩẫậđĐðÐèéẻẽẹêếềểễệìíỉĩịòóỏõọôốồổỗộơớờởỡợùúủũụưứừửữựỳýỷỹỵÀÁẢÃẠĂẮẰÂẤẦĐÈÉÊẾỀÌÍÒÓÔỐỒƠỚỜÙÚƯỨỪỲÝçñöüİß \t\u{a0}\u{85}'’\\-\u{300}\u{301}\u{323}\u{302}\u{200b}0-9<]{0,40}") {
+            if let Some(fast) = parse_fast(&s) {
+                proptest::prop_assert_eq!(Ok(fast), parse_general(&s));
+            }
+        }
+
         #[test]
         fn never_panics(s in "\\PC{0,120}") {
             let _ = FullName::parse(&s);
