@@ -4,13 +4,30 @@
 //! Imports invalidate what they changed through [`MirrorCache::invalidate`],
 //! driven by the mirror watcher in `verifier`. The TTL bounds how long an
 //! entry fetched just before an import can outlive it.
+//!
+//! Memory is the constraint that shapes this module. A moka entry costs about
+//! 350 bytes of its own (key `Arc`, entry metadata, deque and hash-table
+//! nodes) before any value, more than the record it would hold. So moka holds
+//! *buckets*, not records: the lookup key's first bytes pick one of a
+//! power-of-two number of buckets, sized for 8 to 16 records each, and a
+//! bucket is one immutable byte slice holding its records packed back to back.
+//! moka's per-entry cost is then shared by a bucket's records, and a record
+//! costs its packed size (about 160 bytes with a three-word name). Lookup
+//! keys are HMAC outputs, so buckets fill evenly.
+//!
+//! Changing a bucket builds a new slice under moka's per-key compute lock;
+//! readers keep whichever slice they fetched. Each record carries its own
+//! insertion time, checked on read, so the positive and negative TTLs hold
+//! per record; expired records are dropped the next time their bucket changes,
+//! and a bucket nobody writes to expires as a whole after the longer TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 
-use crate::domain::{LookupKey, MirrorRecord};
+use crate::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
 
 /// `None` is a negative entry.
 pub type CachedRecord = Option<Arc<MirrorRecord>>;
@@ -32,57 +49,325 @@ impl Default for CacheConfig {
     }
 }
 
-struct Ttl {
-    positive: Duration,
-    negative: Duration,
-}
-
-impl moka::Expiry<LookupKey, CachedRecord> for Ttl {
-    fn expire_after_create(&self, _: &LookupKey, v: &CachedRecord, _: Instant) -> Option<Duration> {
-        Some(if v.is_some() {
-            self.positive
-        } else {
-            self.negative
-        })
-    }
-}
+/// Records per bucket when the cache is full: between half this and this.
+const BUCKET_TARGET: u64 = 16;
 
 #[derive(Clone)]
 pub struct MirrorCache {
-    inner: Cache<LookupKey, CachedRecord>,
+    /// Bucket number → packed records. The weight of a bucket is its record
+    /// count, so `max_entries` bounds records, as configured.
+    inner: Cache<u32, Arc<[u8]>>,
+    mask: u32,
+    epoch: Instant,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
 }
 
 impl MirrorCache {
     pub fn new(cfg: CacheConfig) -> Self {
+        let buckets = (cfg.max_entries / BUCKET_TARGET)
+            .clamp(1, 1 << 31)
+            .next_power_of_two();
         let inner = Cache::builder()
             .max_capacity(cfg.max_entries)
-            .expire_after(Ttl {
-                positive: cfg.positive_ttl,
-                negative: cfg.negative_ttl,
-            })
+            .weigher(|_, bucket: &Arc<[u8]>| Records(bucket).count() as u32)
+            .time_to_live(cfg.positive_ttl.max(cfg.negative_ttl))
             .build();
-        Self { inner }
+        Self {
+            inner,
+            mask: (buckets - 1) as u32,
+            epoch: Instant::now(),
+            positive_ttl: cfg.positive_ttl,
+            negative_ttl: cfg.negative_ttl,
+        }
+    }
+
+    fn bucket_of(&self, key: &LookupKey) -> u32 {
+        let k = &key.0;
+        u32::from_le_bytes([k[0], k[1], k[2], k[3]]) & self.mask
+    }
+
+    /// Seconds since this cache was made: record timestamps are 4 bytes.
+    fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn live(&self, r: &Packed<'_>, now: u32) -> bool {
+        let ttl = if r.is_positive() {
+            self.positive_ttl
+        } else {
+            self.negative_ttl
+        };
+        u64::from(now.saturating_sub(r.born())) < ttl.as_secs().max(1)
     }
 
     /// `Some(entry)` on a hit (which may be a negative entry), `None` on a miss.
     pub fn get(&self, key: &LookupKey) -> Option<CachedRecord> {
-        self.inner.get(key)
+        let bucket = self.inner.get(&self.bucket_of(key))?;
+        let now = self.now();
+        let found = Records(&bucket).find(|r| r.key() == &key.0)?;
+        self.live(&found, now).then(|| found.record().map(Arc::new))
     }
 
     pub fn insert(&self, key: LookupKey, value: CachedRecord) {
-        self.inner.insert(key, value);
+        let now = self.now();
+        let mut fresh = Vec::with_capacity(packed_len(value.as_deref()));
+        pack(&mut fresh, &key, now, value.as_deref());
+        self.inner
+            .entry(self.bucket_of(&key))
+            .and_compute_with(|old| {
+                let mut bucket = fresh;
+                if let Some(old) = old {
+                    for r in Records(old.value()) {
+                        if r.key() != &key.0 && self.live(&r, now) {
+                            bucket.extend_from_slice(r.bytes);
+                        }
+                    }
+                }
+                Op::Put(bucket.into())
+            });
     }
 
     pub fn invalidate(&self, key: &LookupKey) {
-        self.inner.invalidate(key);
+        let now = self.now();
+        self.inner
+            .entry(self.bucket_of(key))
+            .and_compute_with(|old| {
+                let Some(old) = old else { return Op::Nop };
+                let old = old.into_value();
+                if !Records(&old).any(|r| r.key() == &key.0) {
+                    return Op::Nop;
+                }
+                let kept: Vec<u8> = Records(&old)
+                    .filter(|r| r.key() != &key.0 && self.live(r, now))
+                    .flat_map(|r| r.bytes.iter().copied())
+                    .collect();
+                if kept.is_empty() {
+                    Op::Remove
+                } else {
+                    Op::Put(kept.into())
+                }
+            });
     }
 
     pub fn invalidate_all(&self) {
         self.inner.invalidate_all();
     }
 
+    /// Records held (including any expired ones not yet dropped).
     pub fn entry_count(&self) -> u64 {
         self.inner.run_pending_tasks();
-        self.inner.entry_count()
+        self.inner.weighted_size()
+    }
+}
+
+// Packed record layout, all integers little-endian:
+//   key [32] · born u32 · kind u8 (0 negative, 1 positive)
+// and for a positive record:
+//   status u8 · dob_precision u8 · token count u8 · key_id u16 ·
+//   source_version i64 · name [16] · folded [16] · dob [16] · sex [16] ·
+//   tokens [16] × count
+const HEAD: usize = 32 + 4 + 1;
+const FIXED: usize = 1 + 1 + 1 + 2 + 8 + 4 * 16;
+
+fn packed_len(rec: Option<&MirrorRecord>) -> usize {
+    HEAD + rec.map_or(0, |r| FIXED + 16 * r.tokens.len().min(usize::from(u8::MAX)))
+}
+
+fn pack(out: &mut Vec<u8>, key: &LookupKey, born: u32, rec: Option<&MirrorRecord>) {
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(&born.to_le_bytes());
+    let Some(r) = rec else {
+        out.push(0);
+        return;
+    };
+    out.push(1);
+    // A name has at most 50 distinct tokens (100 letters); the cap only
+    // keeps the count in its byte.
+    let tokens = &r.tokens[..r.tokens.len().min(usize::from(u8::MAX))];
+    out.push(r.status.as_i16() as u8);
+    out.push(r.dob_precision.as_i16() as u8);
+    out.push(tokens.len() as u8);
+    out.extend_from_slice(&r.key_id.to_le_bytes());
+    out.extend_from_slice(&r.source_version.to_le_bytes());
+    for h in [&r.name, &r.folded, &r.dob, &r.sex]
+        .into_iter()
+        .chain(tokens)
+    {
+        out.extend_from_slice(&h.0);
+    }
+}
+
+/// One packed record inside a bucket.
+struct Packed<'a> {
+    bytes: &'a [u8],
+}
+
+impl Packed<'_> {
+    fn key(&self) -> &[u8; 32] {
+        self.bytes[..32].try_into().expect("32-byte key")
+    }
+    fn born(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[32..36].try_into().expect("4 bytes"))
+    }
+    fn is_positive(&self) -> bool {
+        self.bytes[36] == 1
+    }
+    fn record(&self) -> Option<MirrorRecord> {
+        if !self.is_positive() {
+            return None;
+        }
+        let b = &self.bytes[HEAD..];
+        let hash = |i: usize| {
+            let at = FIXED - 4 * 16 + 16 * i;
+            FieldHash(b[at..at + 16].try_into().expect("16 bytes"))
+        };
+        Some(MirrorRecord {
+            // Only values `pack` wrote are here, so these cannot fail.
+            status: RecordStatus::from_i16(i16::from(b[0])).unwrap_or(RecordStatus::Active),
+            dob_precision: DobPrecision::from_i16(i16::from(b[1])).unwrap_or(DobPrecision::Day),
+            key_id: u16::from_le_bytes([b[3], b[4]]),
+            source_version: i64::from_le_bytes(b[5..13].try_into().expect("8 bytes")),
+            name: hash(0),
+            folded: hash(1),
+            dob: hash(2),
+            sex: hash(3),
+            tokens: (0..usize::from(b[2])).map(|t| hash(4 + t)).collect(),
+        })
+    }
+}
+
+/// Walks the records of a bucket.
+struct Records<'a>(&'a [u8]);
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Packed<'a>;
+
+    fn next(&mut self) -> Option<Packed<'a>> {
+        if self.0.len() < HEAD {
+            return None;
+        }
+        let len = if self.0[36] == 1 {
+            HEAD + FIXED + 16 * usize::from(self.0[HEAD + 2])
+        } else {
+            HEAD
+        };
+        let (bytes, rest) = self.0.split_at(len.min(self.0.len()));
+        self.0 = rest;
+        Some(Packed { bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> LookupKey {
+        // Spread over buckets like HMAC output would be.
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        k[8..16].copy_from_slice(&i.to_le_bytes());
+        LookupKey(k)
+    }
+
+    fn record(i: u64, tokens: usize) -> MirrorRecord {
+        let h = |t: u8| {
+            let mut b = [t; 16];
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            FieldHash(b)
+        };
+        MirrorRecord {
+            name: h(1),
+            folded: h(2),
+            tokens: (0..tokens).map(|t| h(10 + t as u8)).collect(),
+            dob: h(3),
+            dob_precision: if i.is_multiple_of(2) {
+                DobPrecision::Day
+            } else {
+                DobPrecision::Year
+            },
+            sex: h(4),
+            status: if i.is_multiple_of(3) {
+                RecordStatus::Deceased
+            } else {
+                RecordStatus::Active
+            },
+            key_id: i as u16,
+            source_version: -(i as i64),
+        }
+    }
+
+    fn small() -> MirrorCache {
+        MirrorCache::new(CacheConfig {
+            max_entries: 1000,
+            ..CacheConfig::default()
+        })
+    }
+
+    #[test]
+    fn records_come_back_as_they_went_in() {
+        let cache = small();
+        for i in 0..500 {
+            let value = (i % 5 != 0).then(|| Arc::new(record(i, (i % 7) as usize)));
+            cache.insert(key(i), value);
+        }
+        for i in 0..500 {
+            let got = cache.get(&key(i)).expect("hit");
+            if i % 5 == 0 {
+                assert!(got.is_none(), "negative entry {i}");
+            } else {
+                assert_eq!(*got.expect("positive entry"), record(i, (i % 7) as usize));
+            }
+        }
+        assert!(cache.get(&key(10_000)).is_none());
+        assert_eq!(cache.entry_count(), 500);
+    }
+
+    #[test]
+    fn insert_replaces_and_invalidate_removes_one_key() {
+        let cache = small();
+        for i in 0..200 {
+            cache.insert(key(i), Some(Arc::new(record(i, 3))));
+        }
+        cache.insert(key(7), None);
+        assert_eq!(cache.get(&key(7)), Some(None));
+        cache.invalidate(&key(8));
+        assert_eq!(cache.get(&key(8)), None);
+        cache.invalidate(&key(8));
+        for i in (0..200).filter(|&i| i != 7 && i != 8) {
+            assert_eq!(cache.get(&key(i)).flatten().as_deref(), Some(&record(i, 3)));
+        }
+        assert_eq!(cache.entry_count(), 199);
+        cache.invalidate_all();
+        assert_eq!(cache.get(&key(9)), None);
+    }
+
+    #[test]
+    fn ttls_hold_per_record() {
+        let cache = MirrorCache::new(CacheConfig {
+            max_entries: 100,
+            positive_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(1),
+        });
+        // A record that is already old: its bucket is young, it is not.
+        let mut bytes = Vec::new();
+        pack(&mut bytes, &key(1), 0, Some(&record(1, 2)));
+        let b = cache.bucket_of(&key(1));
+        cache.inner.insert(b, bytes.into());
+        assert!(cache.get(&key(1)).is_some());
+        let later = MirrorCache {
+            epoch: cache.epoch - Duration::from_secs(5),
+            ..cache.clone()
+        };
+        assert_eq!(later.get(&key(1)), None, "expired record must miss");
+    }
+
+    #[test]
+    fn capacity_bounds_records() {
+        let cache = small();
+        for i in 0..20_000 {
+            cache.insert(key(i), Some(Arc::new(record(i, 3))));
+        }
+        assert!(cache.entry_count() <= 1000, "{}", cache.entry_count());
     }
 }
