@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the pure domain: parsing, normalisation, keyed
-//! hashing and matching, on synthetic but realistic inputs from `gen`.
+//! Micro-benchmarks of the pure domain (parsing, normalisation, keyed
+//! hashing and matching, on synthetic but realistic inputs from `gen`), and
+//! of the mirror cache's hit and miss paths at its default size.
 //!
 //! Run: `cargo bench --bench domain`.
 
@@ -116,5 +117,65 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The mirror cache at the configured size: a hit, and a miss's insert.
+fn cache(c: &mut Criterion) {
+    use simverify::cache::{CacheConfig, MirrorCache};
+    use simverify::domain::{DobPrecision, FieldHash, LookupKey, RecordStatus};
+    use std::sync::Arc;
+    const N: u64 = 1_000_000;
+    let key = |i: u64| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        LookupKey(k)
+    };
+    let record = |i: u64| {
+        let h = |t: u8| {
+            let mut b = [t; 16];
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            FieldHash(b)
+        };
+        Arc::new(MirrorRecord {
+            name: h(1),
+            folded: h(2),
+            tokens: vec![h(3), h(4), h(5)],
+            dob: h(6),
+            dob_precision: DobPrecision::Day,
+            sex: h(7),
+            status: RecordStatus::Active,
+            key_id: 1,
+            source_version: 1,
+        })
+    };
+    let cache = MirrorCache::new(CacheConfig {
+        max_entries: N,
+        ..CacheConfig::default()
+    });
+    for i in 0..N / 2 {
+        cache.insert(key(i), Some(record(i)));
+    }
+    let mut g = c.benchmark_group("cache");
+    g.throughput(Throughput::Elements(1000));
+    let mut at = 0u64;
+    g.bench_function("hit_half_full_1M", |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                at = (at + 7919) % (N / 2);
+                black_box(cache.get(&key(at)));
+            }
+        })
+    });
+    let mut next = N / 2;
+    g.bench_function("insert_miss", |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                // Fresh keys; past capacity they evict, as in a cold run.
+                next += 1;
+                cache.insert(key(next), Some(record(next)));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, cache);
 criterion_main!(benches);
