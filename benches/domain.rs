@@ -121,7 +121,6 @@ fn bench(c: &mut Criterion) {
 fn cache(c: &mut Criterion) {
     use simverify::cache::{CacheConfig, MirrorCache};
     use simverify::domain::{DobPrecision, FieldHash, LookupKey, RecordStatus};
-    use std::sync::Arc;
     const N: u64 = 1_000_000;
     let key = |i: u64| {
         let mut k = [0u8; 32];
@@ -134,7 +133,7 @@ fn cache(c: &mut Criterion) {
             b[..8].copy_from_slice(&i.to_le_bytes());
             FieldHash(b)
         };
-        Arc::new(MirrorRecord {
+        MirrorRecord {
             name: h(1),
             folded: h(2),
             tokens: vec![h(3), h(4), h(5)],
@@ -144,14 +143,14 @@ fn cache(c: &mut Criterion) {
             status: RecordStatus::Active,
             key_id: 1,
             source_version: 1,
-        })
+        }
     };
     let cache = MirrorCache::new(CacheConfig {
         max_entries: N,
         ..CacheConfig::default()
     });
     for i in 0..N / 2 {
-        cache.insert(key(i), Some(record(i)));
+        cache.insert(key(i), Some(&record(i)));
     }
     let mut g = c.benchmark_group("cache");
     g.throughput(Throughput::Elements(1000));
@@ -170,7 +169,7 @@ fn cache(c: &mut Criterion) {
             for _ in 0..1000 {
                 // Fresh keys; past capacity they evict, as in a cold run.
                 next += 1;
-                cache.insert(key(next), Some(record(next)));
+                cache.insert(key(next), Some(&record(next)));
             }
         })
     });

@@ -561,7 +561,7 @@ fn cache_memory(n: u64) -> f64 {
             key_id: 1,
             source_version: 1,
         };
-        cache.insert(LookupKey(key), Some(Arc::new(rec)));
+        cache.insert(LookupKey(key), Some(&rec));
     }
     assert_eq!(cache.entry_count(), n);
     let grown = rss().saturating_sub(before);

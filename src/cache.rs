@@ -29,8 +29,9 @@ use moka::sync::Cache;
 
 use crate::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
 
-/// `None` is a negative entry.
-pub type CachedRecord = Option<Arc<MirrorRecord>>;
+/// `None` is a negative entry. A hit decodes its record from the packed
+/// bucket, so the caller owns it.
+pub type CachedRecord = Option<MirrorRecord>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheConfig {
@@ -106,13 +107,13 @@ impl MirrorCache {
         let bucket = self.inner.get(&self.bucket_of(key))?;
         let now = self.now();
         let found = Records(&bucket).find(|r| r.key() == &key.0)?;
-        self.live(&found, now).then(|| found.record().map(Arc::new))
+        self.live(&found, now).then(|| found.record())
     }
 
-    pub fn insert(&self, key: LookupKey, value: CachedRecord) {
+    pub fn insert(&self, key: LookupKey, value: Option<&MirrorRecord>) {
         let now = self.now();
-        let mut fresh = Vec::with_capacity(packed_len(value.as_deref()));
-        pack(&mut fresh, &key, now, value.as_deref());
+        let mut fresh = Vec::with_capacity(packed_len(value));
+        pack(&mut fresh, &key, now, value);
         self.inner
             .entry(self.bucket_of(&key))
             .and_compute_with(|old| {
@@ -308,15 +309,15 @@ mod tests {
     fn records_come_back_as_they_went_in() {
         let cache = small();
         for i in 0..500 {
-            let value = (i % 5 != 0).then(|| Arc::new(record(i, (i % 7) as usize)));
-            cache.insert(key(i), value);
+            let value = (i % 5 != 0).then(|| record(i, (i % 7) as usize));
+            cache.insert(key(i), value.as_ref());
         }
         for i in 0..500 {
             let got = cache.get(&key(i)).expect("hit");
             if i % 5 == 0 {
                 assert!(got.is_none(), "negative entry {i}");
             } else {
-                assert_eq!(*got.expect("positive entry"), record(i, (i % 7) as usize));
+                assert_eq!(got.expect("positive entry"), record(i, (i % 7) as usize));
             }
         }
         assert!(cache.get(&key(10_000)).is_none());
@@ -327,7 +328,7 @@ mod tests {
     fn insert_replaces_and_invalidate_removes_one_key() {
         let cache = small();
         for i in 0..200 {
-            cache.insert(key(i), Some(Arc::new(record(i, 3))));
+            cache.insert(key(i), Some(&record(i, 3)));
         }
         cache.insert(key(7), None);
         assert_eq!(cache.get(&key(7)), Some(None));
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(cache.get(&key(8)), None);
         cache.invalidate(&key(8));
         for i in (0..200).filter(|&i| i != 7 && i != 8) {
-            assert_eq!(cache.get(&key(i)).flatten().as_deref(), Some(&record(i, 3)));
+            assert_eq!(cache.get(&key(i)).flatten(), Some(record(i, 3)));
         }
         assert_eq!(cache.entry_count(), 199);
         cache.invalidate_all();
@@ -366,7 +367,7 @@ mod tests {
     fn capacity_bounds_records() {
         let cache = small();
         for i in 0..20_000 {
-            cache.insert(key(i), Some(Arc::new(record(i, 3))));
+            cache.insert(key(i), Some(&record(i, 3)));
         }
         assert!(cache.entry_count() <= 1000, "{}", cache.entry_count());
     }

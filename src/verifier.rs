@@ -197,17 +197,12 @@ impl Verifier {
         let cached = match self.inner.cache.get(&probe.lookup_key) {
             Some(hit) => hit,
             None => {
-                let rec = self
-                    .inner
-                    .store
-                    .get_record(&probe.lookup_key)
-                    .await?
-                    .map(Arc::new);
-                self.inner.cache.insert(probe.lookup_key, rec.clone());
+                let rec = self.inner.store.get_record(&probe.lookup_key).await?;
+                self.inner.cache.insert(probe.lookup_key, rec.as_ref());
                 rec
             }
         };
-        let verdict = decide(&probe, cached.as_deref());
+        let verdict = decide(&probe, cached.as_ref());
         let record = self.audit_record(
             caller,
             None,
@@ -259,10 +254,10 @@ impl Verifier {
         }
         if !misses.is_empty() {
             for (k, rec) in self.inner.store.get_records(&misses).await? {
-                found.insert(k, Some(Arc::new(rec)));
+                found.insert(k, Some(rec));
             }
             for k in &misses {
-                self.inner.cache.insert(*k, found[k].clone());
+                self.inner.cache.insert(*k, found[k].as_ref());
             }
         }
 
@@ -271,7 +266,7 @@ impl Verifier {
         for (item, p) in items.iter().zip(parsed) {
             let (record, violations) = match p {
                 Ok(probe) => {
-                    let verdict = decide(&probe, found[&probe.lookup_key].as_deref());
+                    let verdict = decide(&probe, found[&probe.lookup_key].as_ref());
                     let keys = Some((&probe.lookup_key, &probe.msisdn_hash));
                     (
                         self.audit_record(caller, job_id, item, keys, verdict, started),
