@@ -52,6 +52,8 @@ impl Default for CacheConfig {
 
 /// Records per bucket when the cache is full: between half this and this.
 const BUCKET_TARGET: u64 = 16;
+/// Up to this many records, buckets hold about one record each.
+const SMALL_CACHE: u64 = 1024;
 
 #[derive(Clone)]
 pub struct MirrorCache {
@@ -66,7 +68,10 @@ pub struct MirrorCache {
 
 impl MirrorCache {
     pub fn new(cfg: CacheConfig) -> Self {
+        // A small cache gets about a bucket per record: moka evicts whole
+        // buckets, and a lone bucket over capacity would empty the cache.
         let buckets = (cfg.max_entries / BUCKET_TARGET)
+            .max(cfg.max_entries.min(SMALL_CACHE))
             .clamp(1, 1 << 31)
             .next_power_of_two();
         let inner = Cache::builder()
@@ -111,6 +116,11 @@ impl MirrorCache {
     }
 
     pub fn insert(&self, key: LookupKey, value: Option<&MirrorRecord>) {
+        if value.is_some_and(|r| r.tokens.len() > MAX_TOKENS) {
+            // Cannot be packed whole; a cut token list would score differently
+            // from the store's, so such a record is simply not cached.
+            return;
+        }
         let now = self.now();
         let mut fresh = Vec::with_capacity(packed_len(value));
         pack(&mut fresh, &key, now, value);
@@ -171,8 +181,12 @@ impl MirrorCache {
 const HEAD: usize = 32 + 4 + 1;
 const FIXED: usize = 1 + 1 + 1 + 2 + 8 + 4 * 16;
 
+/// Most tokens a packed record holds: the count is one byte. Real names
+/// have a handful; `insert` leaves records with more uncached.
+const MAX_TOKENS: usize = u8::MAX as usize;
+
 fn packed_len(rec: Option<&MirrorRecord>) -> usize {
-    HEAD + rec.map_or(0, |r| FIXED + 16 * r.tokens.len().min(usize::from(u8::MAX)))
+    HEAD + rec.map_or(0, |r| FIXED + 16 * r.tokens.len().min(MAX_TOKENS))
 }
 
 fn pack(out: &mut Vec<u8>, key: &LookupKey, born: u32, rec: Option<&MirrorRecord>) {
@@ -183,9 +197,7 @@ fn pack(out: &mut Vec<u8>, key: &LookupKey, born: u32, rec: Option<&MirrorRecord
         return;
     };
     out.push(1);
-    // A name has at most 50 distinct tokens (100 letters); the cap only
-    // keeps the count in its byte.
-    let tokens = &r.tokens[..r.tokens.len().min(usize::from(u8::MAX))];
+    let tokens = &r.tokens[..r.tokens.len().min(MAX_TOKENS)];
     out.push(r.status.as_i16() as u8);
     out.push(r.dob_precision.as_i16() as u8);
     out.push(tokens.len() as u8);
@@ -245,16 +257,14 @@ impl<'a> Iterator for Records<'a> {
     type Item = Packed<'a>;
 
     fn next(&mut self) -> Option<Packed<'a>> {
-        if self.0.len() < HEAD {
-            return None;
-        }
-        let len = if self.0[36] == 1 {
-            HEAD + FIXED + 16 * usize::from(self.0[HEAD + 2])
-        } else {
-            HEAD
+        // Only `pack` writes buckets; the length checks make a damaged one
+        // end the walk instead of panicking.
+        let len = match self.0.get(36)? {
+            1 => HEAD + FIXED + 16 * usize::from(*self.0.get(HEAD + 2)?),
+            _ => HEAD,
         };
-        let (bytes, rest) = self.0.split_at(len.min(self.0.len()));
-        self.0 = rest;
+        let bytes = self.0.get(..len)?;
+        self.0 = &self.0[len..];
         Some(Packed { bytes })
     }
 }
@@ -280,7 +290,7 @@ mod tests {
         MirrorRecord {
             name: h(1),
             folded: h(2),
-            tokens: (0..tokens).map(|t| h(10 + t as u8)).collect(),
+            tokens: (0..tokens).map(|t| h((10 + t) as u8)).collect(),
             dob: h(3),
             dob_precision: if i.is_multiple_of(2) {
                 DobPrecision::Day
@@ -361,6 +371,41 @@ mod tests {
             ..cache.clone()
         };
         assert_eq!(later.get(&key(1)), None, "expired record must miss");
+    }
+
+    #[test]
+    fn a_small_cache_evicts_records_not_everything() {
+        let cache = MirrorCache::new(CacheConfig {
+            max_entries: 10,
+            ..CacheConfig::default()
+        });
+        for i in 0..11 {
+            cache.insert(key(i), Some(&record(i, 2)));
+        }
+        assert!(cache.entry_count() <= 10);
+        let kept = (0..11).filter(|&i| cache.get(&key(i)).is_some()).count();
+        assert!((5..=10).contains(&kept), "{kept} of 11 kept");
+    }
+
+    #[test]
+    fn records_too_large_to_pack_are_not_cached() {
+        let cache = small();
+        cache.insert(key(1), Some(&record(1, 300)));
+        assert_eq!(cache.get(&key(1)), None);
+        cache.insert(key(2), Some(&record(2, 255)));
+        assert_eq!(cache.get(&key(2)), Some(Some(record(2, 255))));
+    }
+
+    #[test]
+    fn a_damaged_bucket_ends_the_walk() {
+        let mut bytes = Vec::new();
+        pack(&mut bytes, &key(1), 0, Some(&record(1, 3)));
+        pack(&mut bytes, &key(2), 0, Some(&record(2, 3)));
+        for cut in 0..bytes.len() {
+            let n = Records(&bytes[..cut]).count();
+            assert!(n <= 1, "cut at {cut}");
+        }
+        assert_eq!(Records(&bytes).count(), 2);
     }
 
     #[test]

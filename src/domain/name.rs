@@ -136,7 +136,11 @@ fn decompose(input: &str) -> Result<Vec<char>, NameError> {
         if c.is_numeric() {
             return Err(NameError::Digit);
         }
-        let mapped = if is_combining_mark(c) {
+        // Apostrophes first: U+02BC is a modifier *letter*, so the alphabetic
+        // branch would keep it as itself, and "Hʼhen" would not match "H’hen".
+        let mapped = if matches!(c, '\'' | '\u{2019}' | '\u{02BC}') {
+            '\''
+        } else if is_combining_mark(c) {
             c
         } else if c.is_alphabetic() {
             if pending_space {
@@ -149,8 +153,6 @@ fn decompose(input: &str) -> Result<Vec<char>, NameError> {
                 nfd.push(if l == 'ð' { 'đ' } else { l });
             }
             continue;
-        } else if matches!(c, '\'' | '\u{2019}' | '\u{02BC}') {
-            '\''
         } else if matches!(c, '-' | '\u{2010}' | '\u{2011}') {
             '-'
         } else {
@@ -475,6 +477,9 @@ mod tests {
     #[test]
     fn minority_names_keep_apostrophes() {
         assert_eq!(canon("H’Hen Niê"), "h'hen niê");
+        // U+02BC (modifier letter apostrophe) is an apostrophe too.
+        assert_eq!(canon("H\u{2BC}Hen Niê"), "h'hen niê");
+        assert_eq!(fold("H\u{2BC}Hen Niê"), "h'hen nie");
     }
 
     #[test]
