@@ -6,6 +6,8 @@
 
 use std::hint::black_box;
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use simverify::domain::{
     CivilDate, FullName, Identity, KeyedHasher, MirrorRecord, RawRequest, Sex, VerifyInput, decide,
@@ -119,32 +121,9 @@ fn bench(c: &mut Criterion) {
 
 /// The mirror cache at the configured size: a hit, and a miss's insert.
 fn cache(c: &mut Criterion) {
+    use common::{lookup_key as key, mirror_record as record};
     use simverify::cache::{CacheConfig, MirrorCache};
-    use simverify::domain::{DobPrecision, FieldHash, LookupKey, RecordStatus};
     const N: u64 = 1_000_000;
-    let key = |i: u64| {
-        let mut k = [0u8; 32];
-        k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-        LookupKey(k)
-    };
-    let record = |i: u64| {
-        let h = |t: u8| {
-            let mut b = [t; 16];
-            b[..8].copy_from_slice(&i.to_le_bytes());
-            FieldHash(b)
-        };
-        MirrorRecord {
-            name: h(1),
-            folded: h(2),
-            tokens: vec![h(3), h(4), h(5)],
-            dob: h(6),
-            dob_precision: DobPrecision::Day,
-            sex: h(7),
-            status: RecordStatus::Active,
-            key_id: 1,
-            source_version: 1,
-        }
-    };
     let cache = MirrorCache::new(CacheConfig {
         max_entries: N,
         ..CacheConfig::default()

@@ -19,6 +19,8 @@
 //! PostgreSQL [postgres]. After every gateway scenario the run waits for the
 //! audit journal to be indexed and reports how long that took.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -536,32 +538,13 @@ fn rss() -> u64 {
 /// shape the mirror holds (a 3-token name on average).
 fn cache_memory(n: u64) -> f64 {
     use simverify::cache::{CacheConfig, MirrorCache};
-    use simverify::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
     let cache = MirrorCache::new(CacheConfig {
         max_entries: n,
         ..CacheConfig::default()
     });
     let before = rss();
     for i in 0..n {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&i.to_le_bytes());
-        let h = |t: u8| {
-            let mut b = [t; 16];
-            b[..8].copy_from_slice(&i.to_le_bytes());
-            FieldHash(b)
-        };
-        let rec = MirrorRecord {
-            name: h(1),
-            folded: h(2),
-            tokens: vec![h(3), h(4), h(5)],
-            dob: h(6),
-            dob_precision: DobPrecision::Day,
-            sex: h(7),
-            status: RecordStatus::Active,
-            key_id: 1,
-            source_version: 1,
-        };
-        cache.insert(LookupKey(key), Some(&rec));
+        cache.insert(common::lookup_key(i), Some(&common::mirror_record(i)));
     }
     assert_eq!(cache.entry_count(), n);
     let grown = rss().saturating_sub(before);
