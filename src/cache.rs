@@ -129,11 +129,7 @@ impl MirrorCache {
             .and_compute_with(|old| {
                 let mut bucket = fresh;
                 if let Some(old) = old {
-                    for r in Records(old.value()) {
-                        if r.key() != &key.0 && self.live(&r, now) {
-                            bucket.extend_from_slice(r.bytes);
-                        }
-                    }
+                    self.keep_others(old.value(), &key, now, &mut bucket);
                 }
                 Op::Put(bucket.into())
             });
@@ -149,16 +145,24 @@ impl MirrorCache {
                 if !Records(&old).any(|r| r.key() == &key.0) {
                     return Op::Nop;
                 }
-                let kept: Vec<u8> = Records(&old)
-                    .filter(|r| r.key() != &key.0 && self.live(r, now))
-                    .flat_map(|r| r.bytes.iter().copied())
-                    .collect();
+                let mut kept = Vec::with_capacity(old.len());
+                self.keep_others(&old, key, now, &mut kept);
                 if kept.is_empty() {
                     Op::Remove
                 } else {
                     Op::Put(kept.into())
                 }
             });
+    }
+
+    /// Appends the live records of `bucket` other than `key`'s: a change to
+    /// one record also drops the bucket's expired ones.
+    fn keep_others(&self, bucket: &[u8], key: &LookupKey, now: u32, out: &mut Vec<u8>) {
+        for r in Records(bucket) {
+            if r.key() != &key.0 && self.live(&r, now) {
+                out.extend_from_slice(r.bytes);
+            }
+        }
     }
 
     pub fn invalidate_all(&self) {
@@ -186,7 +190,7 @@ const FIXED: usize = 1 + 1 + 1 + 2 + 8 + 4 * 16;
 const MAX_TOKENS: usize = u8::MAX as usize;
 
 fn packed_len(rec: Option<&MirrorRecord>) -> usize {
-    HEAD + rec.map_or(0, |r| FIXED + 16 * r.tokens.len().min(MAX_TOKENS))
+    HEAD + rec.map_or(0, |r| FIXED + 16 * r.tokens.len())
 }
 
 fn pack(out: &mut Vec<u8>, key: &LookupKey, born: u32, rec: Option<&MirrorRecord>) {
@@ -197,6 +201,8 @@ fn pack(out: &mut Vec<u8>, key: &LookupKey, born: u32, rec: Option<&MirrorRecord
         return;
     };
     out.push(1);
+    // `insert` keeps longer lists out; the count must fit its byte.
+    debug_assert!(r.tokens.len() <= MAX_TOKENS);
     let tokens = &r.tokens[..r.tokens.len().min(MAX_TOKENS)];
     out.push(r.status.as_i16() as u8);
     out.push(r.dob_precision.as_i16() as u8);

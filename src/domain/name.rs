@@ -107,12 +107,15 @@ fn parse_general(input: &str) -> Result<FullName, NameError> {
         return Err(NameError::TooLong);
     }
     let canonical: String = nfd.iter().copied().nfc().collect();
-    let folded: String = nfd
-        .iter()
+    let folded: String = folded_chars(&nfd).collect();
+    Ok(FullName { canonical, folded })
+}
+
+/// The folded form of decomposed text: no marks, đ as d.
+fn folded_chars(nfd: &[char]) -> impl Iterator<Item = char> + '_ {
+    nfd.iter()
         .filter(|&&c| !is_combining_mark(c))
         .map(|&c| if c == 'đ' { 'd' } else { c })
-        .collect();
-    Ok(FullName { canonical, folded })
 }
 
 /// Decomposes, lower-cases, collapses whitespace, checks every character and
@@ -240,10 +243,7 @@ fn table_entry(c: char) -> Fast {
     let (Some(canonical), None) = (canonical.next(), canonical.next()) else {
         return Fast::Other;
     };
-    let mut folded = nfd
-        .iter()
-        .filter(|&&c| !is_combining_mark(c))
-        .map(|&c| if c == 'đ' { 'd' } else { c });
+    let mut folded = folded_chars(&nfd);
     let (Some(folded), None) = (folded.next(), folded.next()) else {
         return Fast::Other;
     };
