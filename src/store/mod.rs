@@ -64,9 +64,11 @@ pub struct AuditQueryLog {
 }
 
 /// Appends `WHERE …` for an audit filter; the same SQL serves both backends
-/// (only placeholders differ, and `QueryBuilder` writes those).
+/// (only placeholders differ, and `QueryBuilder` writes those). With
+/// `$key_prefix`, subscriber keys are also matched on the 8-byte prefix that
+/// SQLite's audit indexes hold (migration 0006), so those indexes are used.
 macro_rules! push_audit_filter {
-    ($qb:expr, $f:expr) => {{
+    ($qb:expr, $f:expr, $key_prefix:expr) => {{
         let f: &AuditFilter = $f;
         $qb.push(" WHERE 1 = 1");
         if let Some(v) = f.since {
@@ -93,9 +95,17 @@ macro_rules! push_audit_filter {
         }
         if let Some(v) = f.lookup_key {
             $qb.push(" AND lookup_key = ").push_bind(v.0.to_vec());
+            if $key_prefix {
+                $qb.push(" AND substr(lookup_key, 1, 8) = ")
+                    .push_bind(v.0[..8].to_vec());
+            }
         }
         if let Some(v) = f.msisdn_hash {
             $qb.push(" AND msisdn_hash = ").push_bind(v.0.to_vec());
+            if $key_prefix {
+                $qb.push(" AND substr(msisdn_hash, 1, 8) = ")
+                    .push_bind(v.0[..8].to_vec());
+            }
         }
     }};
 }

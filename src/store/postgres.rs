@@ -14,6 +14,10 @@ use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRe
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The audit log's subscriber indexes hold whole keys (with `seq`, per
+/// partition), so queries need no prefix predicate.
+const AUDIT_KEY_PREFIX: bool = false;
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,

@@ -2,8 +2,10 @@
 //!
 //! Placeholders are `$N`, which PostgreSQL takes natively and sqlx's SQLite
 //! driver binds by number too. Each backend supplies `self.pool` and the row
-//! decoders `mirror_row`, `audit_row` and `indexed_row`; `$small` is how its
-//! SMALLINT columns decode (`i64` on SQLite, `i16` on PostgreSQL).
+//! decoders `mirror_row`, `audit_row` and `indexed_row`, and the constant
+//! `AUDIT_KEY_PREFIX` (whether its audit indexes hold subscriber-key prefixes;
+//! see `push_audit_filter`); `$small` is how its SMALLINT columns decode
+//! (`i64` on SQLite, `i16` on PostgreSQL).
 
 /// A stored small integer as the `i16` the domain codes use.
 pub(super) fn small(v: impl TryInto<i16>) -> Option<i16> {
@@ -102,7 +104,7 @@ macro_rules! shared_methods {
             limit: u32,
         ) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
             let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT * FROM audit_log");
-            push_audit_filter!(qb, filter);
+            push_audit_filter!(qb, filter, AUDIT_KEY_PREFIX);
             if let Some(a) = after {
                 qb.push(" AND seq > ").push_bind(a);
             }
@@ -117,7 +119,7 @@ macro_rules! shared_methods {
             let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT caller, (recorded_at / 1000000 + ");
             qb.push_bind(super::VN_OFFSET_SECS);
             qb.push(") / 86400 AS day, decision, purpose, COUNT(*) AS n FROM audit_log");
-            push_audit_filter!(qb, filter);
+            push_audit_filter!(qb, filter, AUDIT_KEY_PREFIX);
             qb.push(" GROUP BY caller, day, decision, purpose ORDER BY day, caller, decision, purpose");
             let rows = qb.build().fetch_all(&self.pool).await?;
             rows.iter()

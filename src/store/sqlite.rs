@@ -18,6 +18,9 @@ use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRe
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// The audit log's subscriber indexes hold 8-byte key prefixes (migration 0006).
+const AUDIT_KEY_PREFIX: bool = true;
+
 const MIRROR_COLUMNS: &str = "lookup_key, key_id, name_hash, folded_hash, token_hashes, dob_hash, \
      dob_precision, sex_hash, status, source_version";
 
@@ -311,5 +314,51 @@ impl SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MsisdnHash;
+
+    /// The audit queries by subscriber must reach the prefix indexes of
+    /// migration 0006; without them every such query scans the whole log.
+    #[tokio::test]
+    async fn subscriber_audit_queries_use_the_prefix_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::connect(dir.path().join("s.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let by_id = AuditFilter {
+            lookup_key: Some(LookupKey([7; 32])),
+            ..AuditFilter::default()
+        };
+        let by_msisdn = AuditFilter {
+            msisdn_hash: Some(MsisdnHash([9; 32])),
+            ..AuditFilter::default()
+        };
+        for (filter, index) in [
+            (by_id, "audit_log_lookup_prefix"),
+            (by_msisdn, "audit_log_msisdn_prefix"),
+        ] {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("EXPLAIN QUERY PLAN SELECT * FROM audit_log");
+            push_audit_filter!(qb, &filter, AUDIT_KEY_PREFIX);
+            // As `query_audit` pages through the log.
+            qb.push(" ORDER BY seq LIMIT 100");
+            let plan: Vec<String> = qb
+                .build()
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|d| d.contains(index)),
+                "{index} not used: {plan:?}"
+            );
+        }
     }
 }
