@@ -11,7 +11,8 @@
 //! - mirror import into SQLite and PostgreSQL, and a raw `COPY` of the same
 //!   rows into PostgreSQL as the import's ceiling [import];
 //! - unary Verify at several concurrencies, cache warm [unary];
-//! - VerifyStream with several batch sizes, cache cold then warm [stream];
+//! - VerifyStream with several batch sizes, cache cold [stream, cold] then
+//!   warm [stream, warm];
 //! - `simverify batch run` over the subscriber file: the cleanup client
 //!   with its CSV, validation, output and checkpoints [batch];
 //!
@@ -665,13 +666,24 @@ async fn run(args: Args) {
     }
     let sqlite_url = format!("sqlite://{}", sqlite_path.display());
     let pg_url = fresh_pg(&args.pg, "simverify_loadgen").await;
-    let mut imports = Vec::new();
+    // A backend's database is filled only when some scenario needs it: at the
+    // full scale the SQLite import alone takes minutes.
+    let uses = |tag: &str| {
+        ["import", "batch", "stream", "unary"]
+            .iter()
+            .any(|s| args.wants(&[tag, s]))
+    };
+    let mut imports: Vec<(String, f64)> = Vec::new();
+    let mut pg_import = None;
     // A first import: PostgreSQL takes it through COPY, SQLite through its
     // multi-row upsert (see `Store::insert_new_records`).
-    for (name, url, how) in [
-        ("SQLite", &sqlite_url, "upsert"),
-        ("PostgreSQL", &pg_url, "COPY"),
+    for (name, tag, url, how) in [
+        ("SQLite", "sqlite", &sqlite_url, "upsert"),
+        ("PostgreSQL", "postgres", &pg_url, "COPY"),
     ] {
+        if !uses(tag) {
+            continue;
+        }
         let store = Store::connect(url).await.unwrap();
         let t = Instant::now();
         let r = simverify::mirror::import_csv(
@@ -683,27 +695,35 @@ async fn run(args: Args) {
         )
         .await
         .unwrap();
-        imports.push((
-            format!("import into {name} (parse, normalise, hash, {how})"),
-            r.rows_read as f64 / t.elapsed().as_secs_f64(),
-        ));
+        let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
+        if tag == "postgres" {
+            pg_import = Some(rate);
+        }
+        if args.wants(&["import", tag]) {
+            imports.push((
+                format!("import into {name} (parse, normalise, hash, {how})"),
+                rate,
+            ));
+        }
         store.close().await;
     }
-    if args.wants(&["import"]) {
-        imports.push((
-            "raw COPY of the same rows into PostgreSQL".into(),
-            raw_copy(&pg_url).await,
-        ));
+    let raw = if args.wants(&["import", "postgres"]) {
+        let r = raw_copy(&pg_url).await;
+        imports.push(("raw COPY of the same rows into PostgreSQL".into(), r));
+        Some(r)
+    } else {
+        None
+    };
+    if !imports.is_empty() {
         report.line(String::new());
         report.line(format!("| mirror import, {people} people | rows/s |"));
         report.line("|---|---:|");
         for (n, r) in &imports {
             report.line(format!("| {n} | {r:.0} |"));
         }
-        report.line(format!(
-            "| import / raw COPY (PostgreSQL) | {:.2} |",
-            imports[1].1 / imports[2].1
-        ));
+        if let (Some(i), Some(c)) = (pg_import, raw) {
+            report.line(format!("| import / raw COPY (PostgreSQL) | {:.2} |", i / c));
+        }
     }
 
     let unary_requests = Arc::new(read_requests(&subs, 200_000, pb::Purpose::Activation));
@@ -748,17 +768,22 @@ async fn run(args: Args) {
             batch_rows.push((format!("gateway, {name}, cache warm"), warm, Some(warm_ix)));
             gw.shutdown().await;
         }
-        if args.wants(&[tag, "stream"]) {
+        let cold = args.wants(&[tag, "stream", "cold"]);
+        let warm = args.wants(&[tag, "stream", "warm"]);
+        if cold || warm {
             let gw = spawn_gateway(&pki, url, &hasher, &journal).await;
-            let cold = stream(&pki, gw.addr, &stream_requests, 1000).await;
+            // The cold pass also warms the cache for the warm ones.
+            let first = stream(&pki, gw.addr, &stream_requests, 1000).await;
             let ix = gw.indexed().await;
-            stream_rows.push((
-                "batch 1000".into(),
-                format!("gateway, {name}, cache cold"),
-                cold,
-                Some(ix),
-            ));
-            for b in STREAM_BATCHES {
+            if cold {
+                stream_rows.push((
+                    "batch 1000".into(),
+                    format!("gateway, {name}, cache cold"),
+                    first,
+                    Some(ix),
+                ));
+            }
+            for b in STREAM_BATCHES.into_iter().filter(|_| warm) {
                 let r = stream(&pki, gw.addr, &stream_requests, b).await;
                 let ix = gw.indexed().await;
                 stream_rows.push((
