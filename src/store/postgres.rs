@@ -89,7 +89,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        Self::migrate(&pool).await?;
         Ok(Self { pool })
     }
 

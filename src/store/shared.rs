@@ -2,8 +2,8 @@
 //!
 //! Placeholders are `$N`, which PostgreSQL takes natively and sqlx's SQLite
 //! driver binds by number too. Each backend supplies `self.pool` and the row
-//! decoders `mirror_row`, `audit_row` and `indexed_row`, and the constant
-//! `AUDIT_KEY_PREFIX` (whether its audit indexes hold subscriber-key prefixes;
+//! decoders `mirror_row`, `audit_row` and `indexed_row`, its `MIGRATOR`, and
+//! the constant `AUDIT_KEY_PREFIX` (whether its audit indexes hold subscriber-key prefixes;
 //! see `push_audit_filter`); `$small` is how its SMALLINT columns decode
 //! (`i64` on SQLite, `i16` on PostgreSQL).
 
@@ -14,6 +14,27 @@ pub(super) fn small(v: impl TryInto<i16>) -> Option<i16> {
 
 macro_rules! shared_methods {
     ($db:ty, $small:ty) => {
+        /// Applies pending migrations, saying so first when the database
+        /// already holds a schema: rebuilding an index on a large audit log
+        /// takes minutes, and a silent start would look like a hang.
+        async fn migrate(pool: &sqlx::Pool<$db>) -> Result<(), StoreError> {
+            // Missing on a new database: nothing to announce then.
+            let applied: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap_or_default();
+            let pending = MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+            if pending > 0 && !applied.is_empty() {
+                tracing::info!(
+                    pending,
+                    "applying database migrations; on a large audit log this can take minutes"
+                );
+            }
+            MIGRATOR.run(pool).await?;
+            Ok(())
+        }
+
         pub async fn ping(&self) -> Result<(), StoreError> {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())

@@ -104,7 +104,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(opts)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        Self::migrate(&pool).await?;
         Ok(Self { pool })
     }
 
