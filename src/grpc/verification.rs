@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Principal};
@@ -16,7 +17,7 @@ use crate::verifier::Verifier;
 
 /// How many batches of one stream are worked on at once. Results still leave
 /// in order; the bound is what turns a fast client into back-pressure.
-const STREAM_CONCURRENCY: usize = 4;
+const STREAM_CONCURRENCY: usize = 8;
 
 #[derive(Clone)]
 pub struct VerificationService {
@@ -85,9 +86,24 @@ impl pb::verification_server::Verification for VerificationService {
         let this = self.clone();
         let out = inbound
             .map(move |batch| {
+                let started = Instant::now();
+                // Checks and admission run here, in the stream's own task and
+                // in arrival order, so a carrier's limits are charged batch by
+                // batch as the batches came.
+                let admitted = batch.and_then(|b| Ok((this.admit_batch(&principal, &b)?, b)));
+                let (permit, batch) = match admitted {
+                    Ok(a) => a,
+                    Err(e) => return Worker::Done(Some(Err(e))),
+                };
                 let this = this.clone();
-                let principal = principal.clone();
-                async move { this.answer_batch(&principal, batch?, deadline).await }
+                let carrier = principal.carrier_id.clone();
+                // The work runs as a task of its own: `buffered` alone would
+                // poll every batch from the stream's one task, so that one
+                // stream could never use more than one core.
+                Worker::Running(tokio::spawn(async move {
+                    let _permit = permit;
+                    this.answer_batch(&carrier, batch, started, deadline).await
+                }))
             })
             .buffered(STREAM_CONCURRENCY)
             // The first error ends the stream: tonic sends it as the status.
@@ -102,14 +118,51 @@ impl pb::verification_server::Verification for VerificationService {
     }
 }
 
+type BatchResult = Result<pb::VerifyBatchResult, Status>;
+
+/// One batch of a stream: refused at admission, or running as its own task.
+/// The task is aborted if the stream is dropped before it is answered: a
+/// batch nobody will receive must stop at its audit append, as it did when
+/// it ran inside the stream's task, so that it is not recorded as answered.
+enum Worker {
+    Done(Option<BatchResult>),
+    Running(tokio::task::JoinHandle<BatchResult>),
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Self::Running(task) = self {
+            task.abort();
+        }
+    }
+}
+
+impl std::future::Future for Worker {
+    type Output = BatchResult;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<BatchResult> {
+        match &mut *self {
+            Self::Done(result) => {
+                std::task::Poll::Ready(result.take().expect("a finished batch is not polled again"))
+            }
+            // Only a panic gets here as an error: the task is aborted only on drop.
+            Self::Running(task) => Pin::new(task)
+                .poll(cx)
+                .map(|joined| joined.unwrap_or_else(|e| Err(super::status::internal(&e)))),
+        }
+    }
+}
+
 impl VerificationService {
-    async fn answer_batch(
+    /// Checks a batch's size and job id and charges it to the carrier.
+    fn admit_batch(
         &self,
         principal: &Principal,
-        batch: pb::VerifyBatch,
-        deadline: Option<Instant>,
-    ) -> Result<pb::VerifyBatchResult, Status> {
-        let started = Instant::now();
+        batch: &pb::VerifyBatch,
+    ) -> Result<OwnedSemaphorePermit, Status> {
         if batch.requests.len() > self.max_batch_items {
             return Err(Status::invalid_argument(format!(
                 "batch {} has {} requests; at most {} are allowed per message",
@@ -118,16 +171,23 @@ impl VerificationService {
                 self.max_batch_items
             )));
         }
-        let job_id = match batch.job_id.as_str() {
-            "" => None,
-            j if is_printable_token(j, 64) => Some(j),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "job_id: must be 1–64 printable ASCII characters",
-                ));
-            }
-        };
-        let _permit = self.limits.admit(principal, batch.requests.len() as u64)?;
+        if !batch.job_id.is_empty() && !is_printable_token(&batch.job_id, 64) {
+            return Err(Status::invalid_argument(
+                "job_id: must be 1–64 printable ASCII characters",
+            ));
+        }
+        self.limits.admit(principal, batch.requests.len() as u64)
+    }
+
+    /// Answers an admitted batch.
+    async fn answer_batch(
+        &self,
+        carrier: &str,
+        batch: pb::VerifyBatch,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> BatchResult {
+        let job_id = Some(batch.job_id.as_str()).filter(|j| !j.is_empty());
         let items: Vec<_> = batch
             .requests
             .iter()
@@ -135,7 +195,7 @@ impl VerificationService {
             .collect();
         let answers = self
             .verifier
-            .verify_batch(&principal.carrier_id, job_id, &items, started, deadline)
+            .verify_batch(carrier, job_id, &items, started, deadline)
             .await?;
         Ok(pb::VerifyBatchResult {
             batch_seq: batch.batch_seq,

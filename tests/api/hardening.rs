@@ -166,6 +166,65 @@ async fn expired_deadlines_are_not_audited_as_answered(backend: Backend) {
     app.stop().await;
 }
 
+/// A stream the client abandons while its batch waits for the audit log is
+/// not audited as answered, although the gateway works on each batch in a
+/// task of its own.
+async fn abandoned_stream_batches_are_not_audited_as_answered(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        AppOptions {
+            commit_to_database: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let blocker = AuditBlocker::hold(&app).await;
+    let mut first = VerificationClient::new(channel.clone());
+    let blocked = tokio::spawn(async move { first.verify(khai()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut streaming = VerificationClient::new(channel.clone());
+    let call = tokio::spawn(async move {
+        let mut answers = streaming
+            .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.next().await
+    });
+    tx.send(VerifyBatch {
+        batch_seq: 1,
+        job_id: "job-abandoned".into(),
+        requests: vec![khai(), khai(), khai()],
+    })
+    .await
+    .unwrap();
+    // Long enough for the batch to be verified and queued for the audit log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    blocker.release().await;
+    blocked.await.unwrap().unwrap();
+    // Audit commits are in submission order: once this one is durable, the
+    // abandoned batch has been dealt with too.
+    VerificationClient::new(channel)
+        .verify(khai())
+        .await
+        .unwrap();
+    app.synced().await;
+    assert_eq!(app.store.audit_count().await.unwrap(), 2);
+    app.stop().await;
+}
+
 async fn oversize_messages_get_a_clear_error(backend: Backend) {
     let pki = TestPki::new();
     let app = tls_app(backend, &pki, |c| c.server.max_message_bytes = 4096).await;
@@ -305,6 +364,7 @@ both_backends!(
     internal_errors_leak_nothing,
     overload_is_shed_at_once,
     expired_deadlines_are_not_audited_as_answered,
+    abandoned_stream_batches_are_not_audited_as_answered,
     oversize_messages_get_a_clear_error,
     shutdown_finishes_in_flight_work,
     reflection_lists_services_and_error_details,
