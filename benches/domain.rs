@@ -122,7 +122,7 @@ fn bench(c: &mut Criterion) {
 /// The mirror cache at the configured size: a hit, and a miss's insert.
 fn cache(c: &mut Criterion) {
     use common::{lookup_key as key, mirror_record as record};
-    use simverify::cache::{CacheConfig, MirrorCache};
+    use simverify::cache::{CacheConfig, Lookup, MirrorCache};
     const N: u64 = 1_000_000;
     let cache = MirrorCache::new(CacheConfig {
         max_entries: N,
@@ -149,6 +149,20 @@ fn cache(c: &mut Criterion) {
                 // Fresh keys; past capacity they evict, as in a cold run.
                 next += 1;
                 cache.insert(key(next), Some(&record(next)));
+            }
+        })
+    });
+    // The whole miss path of a cold request: the lookup that misses, then
+    // caching what the store returned.
+    g.bench_function("miss_then_fill", |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                next += 1;
+                let k = key(next);
+                match cache.lookup(&k) {
+                    Lookup::Miss(miss) => cache.fill(k, miss, Some(&record(next))),
+                    Lookup::Hit(_) => panic!("key {next} is new"),
+                }
             }
         })
     });

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditError, AuditSink, CommitMode, JournalError};
-use crate::cache::{CacheConfig, CachedRecord, MirrorCache};
+use crate::cache::{CacheConfig, CachedRecord, Lookup, MirrorCache, Miss};
 use crate::clock;
 use crate::domain::{
     AuditRecord, CivilDate, KeyedHasher, LookupKey, Purpose, RawRequest, Verdict, VerifyInput,
@@ -194,11 +194,11 @@ impl Verifier {
         let input =
             VerifyInput::parse(&item.raw, clock::today_vn()).map_err(VerifyError::Invalid)?;
         let probe = input.into_probe(&self.inner.hasher);
-        let cached = match self.inner.cache.get(&probe.lookup_key) {
-            Some(hit) => hit,
-            None => {
+        let cached = match self.inner.cache.lookup(&probe.lookup_key) {
+            Lookup::Hit(hit) => hit,
+            Lookup::Miss(miss) => {
                 let rec = self.inner.store.get_record(&probe.lookup_key).await?;
-                self.inner.cache.insert(probe.lookup_key, rec.as_ref());
+                self.inner.cache.fill(probe.lookup_key, miss, rec.as_ref());
                 rec
             }
         };
@@ -236,28 +236,30 @@ impl Verifier {
             .collect();
 
         // Cache first, then one store query for every distinct miss.
-        let mut found: HashMap<LookupKey, CachedRecord> = HashMap::new();
-        let mut misses: Vec<LookupKey> = Vec::new();
+        let mut found: HashMap<LookupKey, CachedRecord, KeyHash> =
+            HashMap::with_capacity_and_hasher(items.len(), KeyHash);
+        let mut misses: Vec<(LookupKey, Miss)> = Vec::new();
         for p in parsed.iter().flatten() {
             if found.contains_key(&p.lookup_key) {
                 continue;
             }
-            match self.inner.cache.get(&p.lookup_key) {
-                Some(hit) => {
+            match self.inner.cache.lookup(&p.lookup_key) {
+                Lookup::Hit(hit) => {
                     found.insert(p.lookup_key, hit);
                 }
-                None => {
+                Lookup::Miss(miss) => {
                     found.insert(p.lookup_key, None);
-                    misses.push(p.lookup_key);
+                    misses.push((p.lookup_key, miss));
                 }
             }
         }
         if !misses.is_empty() {
-            for (k, rec) in self.inner.store.get_records(&misses).await? {
+            let keys: Vec<LookupKey> = misses.iter().map(|(k, _)| *k).collect();
+            for (k, rec) in self.inner.store.get_records(&keys).await? {
                 found.insert(k, Some(rec));
             }
-            for k in &misses {
-                self.inner.cache.insert(*k, found[k].as_ref());
+            for (k, miss) in misses {
+                self.inner.cache.fill(k, miss, found[&k].as_ref());
             }
         }
 
@@ -320,6 +322,39 @@ impl Verifier {
             latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// Hashes lookup keys by their first eight bytes. They are HMAC outputs
+/// under a key callers do not know, so those bytes are already uniform and
+/// cannot be chosen to collide; SipHash over all 32 cost more than the map.
+#[derive(Clone, Copy, Default)]
+struct KeyHash;
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `LookupKey` hashes as one 32-byte write (after its length, which
+        // is the same for every key and arrives through `write_usize`).
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(first);
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
 }
 
 fn answer_of(r: &AuditRecord, violations: Vec<Violation>) -> Answer {
