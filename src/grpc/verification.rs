@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::auth::{self, Principal};
 use super::convert;
@@ -84,6 +85,8 @@ impl pb::verification_server::Verification for VerificationService {
         let principal = auth::principal(&request)?;
         let inbound = request.into_inner();
         let this = self.clone();
+        // The batches' tasks stay inside the call's span, if it has one.
+        let span = tracing::Span::current();
         let out = inbound
             .map(move |batch| {
                 let started = Instant::now();
@@ -100,10 +103,13 @@ impl pb::verification_server::Verification for VerificationService {
                 // The work runs as a task of its own: `buffered` alone would
                 // poll every batch from the stream's one task, so that one
                 // stream could never use more than one core.
-                Worker::Running(tokio::spawn(async move {
-                    let _permit = permit;
-                    this.answer_batch(&carrier, batch, started, deadline).await
-                }))
+                Worker::Running(tokio::spawn(
+                    async move {
+                        let _permit = permit;
+                        this.answer_batch(&carrier, batch, started, deadline).await
+                    }
+                    .instrument(span.clone()),
+                ))
             })
             .buffered(STREAM_CONCURRENCY)
             // The first error ends the stream: tonic sends it as the status.
