@@ -121,30 +121,69 @@ async fn overload_is_shed_at_once(backend: Backend) {
     app.stop().await;
 }
 
-/// With database commits, so that a lock on the database holds requests
-/// back; the journal drops expired submissions the same way (its own tests).
-async fn expired_deadlines_are_not_audited_as_answered(backend: Backend) {
-    let app = spawn_app_with(
-        backend,
-        AppOptions {
-            commit_to_database: true,
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let blocker = AuditBlocker::hold(&app).await;
-    let mut first = VerificationClient::new(channel.clone());
-    let blocked = tokio::spawn(async move { first.verify(khai()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+/// A gateway committing audit records straight to the database, whose first
+/// request's commit is held behind a lock, so that what comes next queues
+/// behind it. (The journal drops such submissions the same way; its own
+/// tests show that.)
+struct HeldAudit {
+    app: TestApp,
+    channel: tonic::transport::Channel,
+    blocker: AuditBlocker,
+    first: tokio::task::JoinHandle<
+        Result<tonic::Response<simverify::proto::VerifyResponse>, tonic::Status>,
+    >,
+}
 
+impl HeldAudit {
+    async fn start(backend: Backend) -> Self {
+        let app = spawn_app_with(
+            backend,
+            AppOptions {
+                commit_to_database: true,
+                ..AppOptions::default()
+            },
+        )
+        .await;
+        let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let blocker = AuditBlocker::hold(&app).await;
+        let mut client = VerificationClient::new(channel.clone());
+        let first = tokio::spawn(async move { client.verify(khai()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Self {
+            app,
+            channel,
+            blocker,
+            first,
+        }
+    }
+
+    /// Releases the lock, answers one more request, and returns how many
+    /// records the audit log then holds.
+    async fn release_and_count(self) -> i64 {
+        self.blocker.release().await;
+        self.first.await.unwrap().unwrap();
+        // Audit commits are in submission order: once this one is durable,
+        // everything queued before it has been dealt with too.
+        VerificationClient::new(self.channel)
+            .verify(khai())
+            .await
+            .unwrap();
+        self.app.synced().await;
+        let n = self.app.store.audit_count().await.unwrap();
+        self.app.stop().await;
+        n
+    }
+}
+
+async fn expired_deadlines_are_not_audited_as_answered(backend: Backend) {
+    let held = HeldAudit::start(backend).await;
     let mut late = tonic::Request::new(khai());
     late.set_timeout(Duration::from_millis(300));
-    let e = VerificationClient::new(channel.clone())
+    let e = VerificationClient::new(held.channel.clone())
         .verify(late)
         .await
         .unwrap_err();
@@ -152,44 +191,16 @@ async fn expired_deadlines_are_not_audited_as_answered(backend: Backend) {
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
-
-    blocker.release().await;
-    blocked.await.unwrap().unwrap();
-    // Audit commits are in submission order: once this one is durable, the
-    // late request's records have been dealt with too.
-    VerificationClient::new(channel)
-        .verify(khai())
-        .await
-        .unwrap();
-    app.synced().await;
-    assert_eq!(app.store.audit_count().await.unwrap(), 2);
-    app.stop().await;
+    assert_eq!(held.release_and_count().await, 2);
 }
 
 /// A stream the client abandons while its batch waits for the audit log is
 /// not audited as answered, although the gateway works on each batch in a
 /// task of its own.
 async fn abandoned_stream_batches_are_not_audited_as_answered(backend: Backend) {
-    let app = spawn_app_with(
-        backend,
-        AppOptions {
-            commit_to_database: true,
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let blocker = AuditBlocker::hold(&app).await;
-    let mut first = VerificationClient::new(channel.clone());
-    let blocked = tokio::spawn(async move { first.verify(khai()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+    let held = HeldAudit::start(backend).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut streaming = VerificationClient::new(channel.clone());
+    let mut streaming = VerificationClient::new(held.channel.clone());
     let call = tokio::spawn(async move {
         let mut answers = streaming
             .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -211,18 +222,7 @@ async fn abandoned_stream_batches_are_not_audited_as_answered(backend: Backend) 
     assert!(call.await.unwrap_err().is_cancelled());
     drop(tx);
     tokio::time::sleep(Duration::from_millis(200)).await;
-
-    blocker.release().await;
-    blocked.await.unwrap().unwrap();
-    // Audit commits are in submission order: once this one is durable, the
-    // abandoned batch has been dealt with too.
-    VerificationClient::new(channel)
-        .verify(khai())
-        .await
-        .unwrap();
-    app.synced().await;
-    assert_eq!(app.store.audit_count().await.unwrap(), 2);
-    app.stop().await;
+    assert_eq!(held.release_and_count().await, 2);
 }
 
 async fn oversize_messages_get_a_clear_error(backend: Backend) {
