@@ -2,8 +2,9 @@
 //! entries (the ID is not in the mirror), size-bounded with a TTL each.
 //!
 //! Imports invalidate what they changed through [`MirrorCache::invalidate`],
-//! driven by the mirror watcher in `verifier`. The TTL bounds how long an
-//! entry fetched just before an import can outlive it.
+//! driven by the mirror watcher in `verifier`. A miss whose store read may
+//! predate such an invalidation is not cached (see [`MirrorCache::fill`]);
+//! the TTL bounds anything else.
 //!
 //! Memory is the constraint that shapes this module. A moka entry costs about
 //! 350 bytes of its own (key `Arc`, entry metadata, deque and hash-table
@@ -76,6 +77,9 @@ struct Stripe {
     /// each is in moka: a lookup that read the count before its bucket sees
     /// a different count at `fill` if anything changed since.
     changes: AtomicU64,
+    /// Invalidations of keys in this stripe, cached or not, counted under
+    /// `lock` before each.
+    invalidations: AtomicU64,
 }
 
 impl Stripe {
@@ -88,12 +92,17 @@ impl Stripe {
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::Release);
     }
+
+    fn invalidating(&self) {
+        self.invalidations.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A lookup that missed: what its bucket held then, for [`MirrorCache::fill`].
 pub struct Miss {
     bucket: u32,
     changes: u64,
+    invalidations: u64,
     seen: Option<Arc<[u8]>>,
 }
 
@@ -181,8 +190,10 @@ impl MirrorCache {
     /// [`fill`](Self::fill) can usually skip reading the bucket again.
     pub fn lookup(&self, key: &LookupKey) -> Lookup {
         let b = self.bucket_of(key);
-        // Read before the bucket: any change after this point shows in it.
-        let changes = self.stripe(b).changes.load(Ordering::Acquire);
+        // Read before the bucket: any change after this point shows in them.
+        let stripe = self.stripe(b);
+        let invalidations = stripe.invalidations.load(Ordering::Acquire);
+        let changes = stripe.changes.load(Ordering::Acquire);
         let seen = self.inner.get(&b);
         let now = self.now();
         if let Some(bucket) = &seen
@@ -194,6 +205,7 @@ impl MirrorCache {
         Lookup::Miss(Miss {
             bucket: b,
             changes,
+            invalidations,
             seen,
         })
     }
@@ -206,13 +218,17 @@ impl MirrorCache {
                 bucket: b,
                 // Never matches a count read under the lock: the bucket is read.
                 changes: u64::MAX,
+                invalidations: self.stripe(b).invalidations.load(Ordering::Acquire),
                 seen: None,
             },
             value,
         );
     }
 
-    /// Caches `value` for the key whose lookup returned `miss`.
+    /// Caches `value`, read from the store after `key`'s lookup returned
+    /// `miss`. If a key of the same stripe was invalidated in between, the
+    /// value may be from before the import that caused it, so it is not
+    /// cached (imports are rare; a stripe holds 1/1,024 of the keys).
     pub fn fill(&self, key: LookupKey, miss: Miss, value: Option<&MirrorRecord>) {
         if value.is_some_and(|r| r.tokens.len() > MAX_TOKENS) {
             // Cannot be packed whole; a cut token list would score differently
@@ -223,6 +239,9 @@ impl MirrorCache {
         let b = miss.bucket;
         debug_assert_eq!(b, self.bucket_of(&key));
         let (stripe, _changing) = self.lock(b);
+        if stripe.invalidations.load(Ordering::Acquire) != miss.invalidations {
+            return;
+        }
         // Unchanged since the lookup: what it saw is still the bucket (or
         // moka has since evicted it, and putting those records back is as
         // good as any other insert).
@@ -245,6 +264,9 @@ impl MirrorCache {
         let now = self.now();
         let b = self.bucket_of(key);
         let (stripe, _changing) = self.lock(b);
+        // Counted even when the key is not cached: a miss being filled now
+        // may hold what the store said before the import.
+        stripe.invalidating();
         let Some(old) = self.inner.get(&b) else {
             return;
         };
@@ -275,6 +297,7 @@ impl MirrorCache {
     /// under way can put back what was read before.
     pub fn invalidate_all(&self) {
         let held: Vec<_> = self.stripes.iter().map(Stripe::lock).collect();
+        self.stripes.iter().for_each(Stripe::invalidating);
         self.inner.invalidate_all();
         self.stripes.iter().for_each(Stripe::changed);
         drop(held);
@@ -531,25 +554,41 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_keeps_the_changes_made_since_its_lookup() {
+    fn a_fill_keeps_the_inserts_made_since_its_lookup() {
         let cache = small();
-        let (a, b, c, d) = (
-            in_bucket_zero(1),
-            in_bucket_zero(2),
-            in_bucket_zero(3),
-            in_bucket_zero(4),
-        );
+        let (a, c, d) = (in_bucket_zero(1), in_bucket_zero(3), in_bucket_zero(4));
+        cache.insert(a, Some(&record(1, 2)));
+        let miss = missed(&cache, &c);
+        // Another request's fill while this one's store read was under way.
+        cache.insert(d, None);
+        cache.fill(c, miss, Some(&record(3, 2)));
+        assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
+        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+        assert_eq!(cache.get(&d), Some(None), "a newer insert was lost");
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_not_cached() {
+        let cache = small();
+        let (a, b, c) = (in_bucket_zero(1), in_bucket_zero(2), in_bucket_zero(3));
         cache.insert(a, Some(&record(1, 2)));
         cache.insert(b, Some(&record(2, 2)));
+        // An import changed `c` while its store read was under way: what
+        // the read returned may be the old record.
         let miss = missed(&cache, &c);
-        // While the store is being read: one record invalidated, one added.
+        cache.invalidate(&c);
+        cache.fill(c, miss, Some(&record(3, 2)));
+        assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
+        // Nor does a fill undo an invalidation of another record.
+        let miss = missed(&cache, &c);
         cache.invalidate(&a);
-        cache.insert(d, None);
         cache.fill(c, miss, Some(&record(3, 2)));
         assert_eq!(cache.get(&a), None, "an invalidated record came back");
         assert_eq!(cache.get(&b).flatten(), Some(record(2, 2)));
+        // A lookup after the invalidation fills as usual.
+        let miss = missed(&cache, &c);
+        cache.fill(c, miss, Some(&record(3, 2)));
         assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
-        assert_eq!(cache.get(&d), Some(None), "a newer insert was lost");
     }
 
     #[test]
@@ -561,7 +600,7 @@ mod tests {
         cache.invalidate_all();
         cache.fill(c, miss, Some(&record(3, 2)));
         assert_eq!(cache.get(&a), None, "a cleared record came back");
-        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+        assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
     }
 
     #[test]
