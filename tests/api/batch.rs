@@ -320,12 +320,19 @@ async fn killed_job_resumes_to_the_same_output(backend: Backend) {
     let files = Files::new();
     let (pop, subs) = generated(&files, 20_000, 3);
     let app = app_with(backend, pop).await;
-    let slow = ["--batch-size", "50", "--window", "1", "--quiet"];
+    let slow = [
+        "--batch-size",
+        "50",
+        "--window",
+        "1",
+        "--checkpoint-every-ms",
+        "50",
+        "--quiet",
+    ];
 
     let killed = files.path("killed.csv");
     // Round 0 is killed just after a checkpoint past its start, round 1 while
-    // rows it has written are newer than its last checkpoint (checkpoints
-    // come every 2 s, so a fast job may not reach a second one).
+    // rows it has written may be newer than its last checkpoint.
     for round in 0..2 {
         let size_before = std::fs::metadata(&killed).map_or(0, |m| m.len());
         let mut child = batch(&app.endpoint(), &files, &subs, &killed, &slow)

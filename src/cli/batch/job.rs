@@ -448,12 +448,14 @@ pub struct Output {
     csv: csv::Writer<BufWriter<File>>,
     pub cp: Checkpoint,
     last_sync: Instant,
+    sync_every: Duration,
 }
 
 impl Output {
     /// Opens the output for `cp`: truncated to the checkpoint's length, or
-    /// created with a header when starting afresh.
-    pub fn open(path: &Path, mut cp: Checkpoint) -> Result<Self, CliError> {
+    /// created with a header when starting afresh. It is synced and
+    /// checkpointed every `sync_every` while answers arrive, and at the end.
+    pub fn open(path: &Path, mut cp: Checkpoint, sync_every: Duration) -> Result<Self, CliError> {
         let io =
             |e: std::io::Error| CliError::Internal(format!("cannot write {}: {e}", path.display()));
         let mut file = std::fs::OpenOptions::new()
@@ -481,6 +483,7 @@ impl Output {
             csv,
             cp,
             last_sync: Instant::now(),
+            sync_every,
         };
         out.sync()?;
         Ok(out)
@@ -505,7 +508,7 @@ impl Output {
     }
 
     fn maybe_sync(&mut self) -> Result<(), CliError> {
-        if self.last_sync.elapsed() >= Duration::from_secs(2) {
+        if self.last_sync.elapsed() >= self.sync_every {
             self.sync()?;
         }
         Ok(())

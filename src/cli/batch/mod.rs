@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// Messages in flight before waiting for answers.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub window: u64,
+    /// How often the results are made durable and the checkpoint written, in
+    /// milliseconds. A crash loses at most the rows answered since, which a
+    /// resumed job sends again (they may then appear twice in the audit log).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub checkpoint_every_ms: u64,
     /// Give up after this many consecutive failed attempts.
     #[arg(long, default_value_t = 20)]
     pub max_retries: u32,
@@ -314,7 +319,11 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
         batch_size: a.batch_size as usize,
         window: a.window as usize,
     };
-    let mut out = Output::open(&a.output, cp)?;
+    let mut out = Output::open(
+        &a.output,
+        cp,
+        std::time::Duration::from_millis(a.checkpoint_every_ms),
+    )?;
     let total = if a.quiet { None } else { count_rows(&a.input) };
     let progress = Progress::new(a.quiet, total, out.cp.rows_done);
 
