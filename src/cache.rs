@@ -16,14 +16,17 @@
 //! costs its packed size (about 160 bytes with a three-word name). Lookup
 //! keys are HMAC outputs, so buckets fill evenly.
 //!
-//! Changing a bucket builds a new slice under a lock striped by bucket number
-//! and replaces the old one; readers keep whichever slice they fetched.
-//! (moka's own per-key `and_compute_with` did the same job at a higher cost:
-//! a waiter entry and lock per call; the insert path under it was over a
-//! third of the gateway's CPU time in a cold full-scale run.) Each stripe
-//! also counts its changes, so that filling a miss can reuse the bucket its
-//! lookup read when nothing changed in between, instead of a second moka
-//! `get`.
+//! Changing a bucket builds a new slice under the bucket's own lock and
+//! replaces the old one; readers keep whichever slice they fetched. (moka's
+//! own per-key `and_compute_with` did the same job at a higher cost: a
+//! waiter entry and lock per call; the insert path under it was over a third
+//! of the gateway's CPU time in a cold full-scale run.) Each bucket also
+//! counts its changes, so that filling a miss can reuse the bucket its lookup
+//! read when nothing changed in between, instead of a second moka `get`.
+//! These counters are per bucket, not per stripe of buckets: with a thousand
+//! misses of a batch and several batches filling at once, a shared counter
+//! had almost always moved. They cost about 24 bytes per bucket, under two
+//! per record.
 //!
 //! Each record carries its own insertion time, checked on read, so the
 //! positive and negative TTLs hold per record; expired records are dropped
@@ -63,26 +66,22 @@ impl Default for CacheConfig {
 const BUCKET_TARGET: u64 = 16;
 /// Up to this many records, buckets hold about one record each.
 const SMALL_CACHE: u64 = 1024;
-/// Locks serialising bucket changes; two changes contend only when their
-/// bucket numbers agree in the low bits.
-const STRIPES: usize = 1024;
-
 /// Held while a bucket is read, rebuilt and replaced, so that two changes to
 /// one bucket cannot undo each other (an insert racing an invalidation must
 /// not bring the invalidated record back).
 #[derive(Default)]
-struct Stripe {
+struct BucketLock {
     lock: Mutex<()>,
-    /// Changes made to this stripe's buckets, counted under `lock` after
-    /// each is in moka: a lookup that read the count before its bucket sees
-    /// a different count at `fill` if anything changed since.
+    /// Changes made to the bucket, counted under `lock` after each is in
+    /// moka: a lookup that read the count before the bucket sees a different
+    /// count at `fill` if anything changed since.
     changes: AtomicU64,
-    /// Invalidations of keys in this stripe, cached or not, counted under
+    /// Invalidations of keys of the bucket, cached or not, counted under
     /// `lock` before each.
     invalidations: AtomicU64,
 }
 
-impl Stripe {
+impl BucketLock {
     /// The guarded state is the bucket in moka, which a panicking holder
     /// leaves whole, so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -118,7 +117,7 @@ pub struct MirrorCache {
     /// Bucket number → packed records. The weight of a bucket is its record
     /// count, so `max_entries` bounds records, as configured.
     inner: Cache<u32, Arc<[u8]>>,
-    stripes: Arc<[Stripe]>,
+    locks: Arc<[BucketLock]>,
     mask: u32,
     epoch: Instant,
     positive_ttl: Duration,
@@ -140,7 +139,7 @@ impl MirrorCache {
             .build();
         Self {
             inner,
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            locks: (0..buckets).map(|_| BucketLock::default()).collect(),
             mask: (buckets - 1) as u32,
             epoch: Instant::now(),
             positive_ttl: cfg.positive_ttl,
@@ -153,15 +152,15 @@ impl MirrorCache {
         u32::from_le_bytes([k[0], k[1], k[2], k[3]]) & self.mask
     }
 
-    fn stripe(&self, bucket: u32) -> &Stripe {
-        &self.stripes[bucket as usize % STRIPES]
+    fn state(&self, bucket: u32) -> &BucketLock {
+        &self.locks[bucket as usize]
     }
 
-    /// Locks `bucket`'s stripe for a change; call [`Stripe::changed`] once
-    /// the change is in moka.
-    fn lock(&self, bucket: u32) -> (&Stripe, MutexGuard<'_, ()>) {
-        let stripe = self.stripe(bucket);
-        (stripe, stripe.lock())
+    /// Locks `bucket` for a change; call [`BucketLock::changed`] once the
+    /// change is in moka.
+    fn lock(&self, bucket: u32) -> (&BucketLock, MutexGuard<'_, ()>) {
+        let state = self.state(bucket);
+        (state, state.lock())
     }
 
     /// Seconds since this cache was made: record timestamps are 4 bytes.
@@ -191,9 +190,9 @@ impl MirrorCache {
     pub fn lookup(&self, key: &LookupKey) -> Lookup {
         let b = self.bucket_of(key);
         // Read before the bucket: any change after this point shows in them.
-        let stripe = self.stripe(b);
-        let invalidations = stripe.invalidations.load(Ordering::Acquire);
-        let changes = stripe.changes.load(Ordering::Acquire);
+        let state = self.state(b);
+        let invalidations = state.invalidations.load(Ordering::Acquire);
+        let changes = state.changes.load(Ordering::Acquire);
         let seen = self.inner.get(&b);
         let now = self.now();
         if let Some(bucket) = &seen
@@ -218,7 +217,7 @@ impl MirrorCache {
                 bucket: b,
                 // Never matches a count read under the lock: the bucket is read.
                 changes: u64::MAX,
-                invalidations: self.stripe(b).invalidations.load(Ordering::Acquire),
+                invalidations: self.state(b).invalidations.load(Ordering::Acquire),
                 seen: None,
             },
             value,
@@ -226,9 +225,9 @@ impl MirrorCache {
     }
 
     /// Caches `value`, read from the store after `key`'s lookup returned
-    /// `miss`. If a key of the same stripe was invalidated in between, the
+    /// `miss`. If a key of the same bucket was invalidated in between, the
     /// value may be from before the import that caused it, so it is not
-    /// cached (imports are rare; a stripe holds 1/1,024 of the keys).
+    /// cached (imports are rare, and a bucket holds a handful of keys).
     pub fn fill(&self, key: LookupKey, miss: Miss, value: Option<&MirrorRecord>) {
         if value.is_some_and(|r| r.tokens.len() > MAX_TOKENS) {
             // Cannot be packed whole; a cut token list would score differently
@@ -238,14 +237,14 @@ impl MirrorCache {
         let now = self.now();
         let b = miss.bucket;
         debug_assert_eq!(b, self.bucket_of(&key));
-        let (stripe, _changing) = self.lock(b);
-        if stripe.invalidations.load(Ordering::Acquire) != miss.invalidations {
+        let (state, _changing) = self.lock(b);
+        if state.invalidations.load(Ordering::Acquire) != miss.invalidations {
             return;
         }
         // Unchanged since the lookup: what it saw is still the bucket (or
         // moka has since evicted it, and putting those records back is as
         // good as any other insert).
-        let old = if stripe.changes.load(Ordering::Acquire) == miss.changes {
+        let old = if state.changes.load(Ordering::Acquire) == miss.changes {
             miss.seen
         } else {
             self.inner.get(&b)
@@ -257,16 +256,16 @@ impl MirrorCache {
             self.keep_others(&old, &key, now, &mut bucket);
         }
         self.inner.insert(b, bucket.into());
-        stripe.changed();
+        state.changed();
     }
 
     pub fn invalidate(&self, key: &LookupKey) {
         let now = self.now();
         let b = self.bucket_of(key);
-        let (stripe, _changing) = self.lock(b);
+        let (state, _changing) = self.lock(b);
         // Counted even when the key is not cached: a miss being filled now
         // may hold what the store said before the import.
-        stripe.invalidating();
+        state.invalidating();
         let Some(old) = self.inner.get(&b) else {
             return;
         };
@@ -280,7 +279,7 @@ impl MirrorCache {
         } else {
             self.inner.insert(b, kept.into());
         }
-        stripe.changed();
+        state.changed();
     }
 
     /// Appends the live records of `bucket` other than `key`'s: a change to
@@ -293,13 +292,13 @@ impl MirrorCache {
         }
     }
 
-    /// Empties the cache. Every stripe is held meanwhile, so that no fill
+    /// Empties the cache. Every bucket is held meanwhile, so that no fill
     /// under way can put back what was read before.
     pub fn invalidate_all(&self) {
-        let held: Vec<_> = self.stripes.iter().map(Stripe::lock).collect();
-        self.stripes.iter().for_each(Stripe::invalidating);
+        let held: Vec<_> = self.locks.iter().map(BucketLock::lock).collect();
+        self.locks.iter().for_each(BucketLock::invalidating);
         self.inner.invalidate_all();
-        self.stripes.iter().for_each(Stripe::changed);
+        self.locks.iter().for_each(BucketLock::changed);
         drop(held);
     }
 
