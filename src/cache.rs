@@ -98,6 +98,8 @@ impl BucketLock {
 }
 
 /// A lookup that missed: what its bucket held then, for [`MirrorCache::fill`].
+/// It keeps that bucket alive until it is filled or dropped (across the
+/// store read), so a batch's misses may briefly hold replaced buckets.
 pub struct Miss {
     bucket: u32,
     changes: u64,
