@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// glibc's allocator spent about a third of the gateway's CPU time in a
+/// warm full-scale stream (fragmentation from batch-sized buffers made it
+/// consolidate free chunks over and over); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use simverify::cli::{Cli, run};
 
