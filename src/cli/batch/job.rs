@@ -589,7 +589,7 @@ impl Output {
     }
 
     fn count(&mut self, decision: &str, row: u64) -> Result<(), CliError> {
-        *self.cp.decisions.entry(decision.to_owned()).or_default() += 1;
+        super::report::bump(&mut self.cp.decisions, decision);
         self.cp.rows_done = row;
         Ok(())
     }

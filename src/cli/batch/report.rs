@@ -6,7 +6,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use crate::domain::msisdn::{Msisdn, PrefixCarrier};
+use crate::domain::msisdn::Msisdn;
 
 /// Results columns, in order. `id_ref` (added after the columns the operator
 /// reads) groups lines of the same person without revealing the ID.
@@ -103,34 +103,37 @@ pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, Rep
         ..Report::default()
     };
     let mut refs: Vec<(u64, u64)> = Vec::new();
-    for rec in rdr.records() {
-        let rec = rec?;
+    // One record reused for every row, and counters bumped without a key
+    // allocation each: a job's report reads millions of rows.
+    let mut rec = csv::StringRecord::new();
+    while rdr.read_record(&mut rec)? {
         r.rows += 1;
         let row: u64 = rec[c_row].parse().unwrap_or(r.rows);
-        *r.decisions.entry(rec[c_decision].to_owned()).or_default() += 1;
+        bump(&mut r.decisions, &rec[c_decision]);
         for &(i, f) in &field_cols {
             if &rec[i] == "MISMATCH" {
-                *r.failed_fields.entry(f.to_owned()).or_default() += 1;
+                bump(&mut r.failed_fields, f);
             }
         }
         if !rec[c_action].is_empty() {
-            *r.recommended_actions
-                .entry(rec[c_action].to_owned())
-                .or_default() += 1;
+            bump(&mut r.recommended_actions, &rec[c_action]);
         }
-        let prefix = match Msisdn::parse(&rec[c_msisdn]) {
-            Ok(m) => (m.national_prefix(), m.prefix_carrier()),
-            Err(_) => ("invalid".to_owned(), PrefixCarrier::Viettel),
+        let (prefix, carrier) = match Msisdn::parse(&rec[c_msisdn]) {
+            Ok(m) => (m.national_prefix(), m.prefix_carrier().as_str()),
+            Err(_) => ("invalid".to_owned(), "-"),
         };
-        let entry = r.msisdn_prefixes.entry(prefix.0.clone()).or_default();
-        if entry.carrier.is_empty() {
-            entry.carrier = if prefix.0 == "invalid" {
-                "-".into()
-            } else {
-                prefix.1.as_str().into()
-            };
+        match r.msisdn_prefixes.get_mut(&prefix) {
+            Some(entry) => entry.rows += 1,
+            None => {
+                r.msisdn_prefixes.insert(
+                    prefix,
+                    PrefixCount {
+                        carrier: carrier.into(),
+                        rows: 1,
+                    },
+                );
+            }
         }
-        entry.rows += 1;
         if &rec[c_tier] == "DIACRITICS_ONLY" {
             r.diacritics_only_rows.push(row);
         }
@@ -151,6 +154,16 @@ pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, Rep
     r.shared_ids
         .sort_by(|a, b| b.lines.cmp(&a.lines).then(a.rows.cmp(&b.rows)));
     Ok(r)
+}
+
+/// Counts one more `key`, allocating the key only the first time it is seen.
+pub(crate) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
 }
 
 /// Fills in the ID numbers of shared identities from the input file (only
