@@ -22,6 +22,12 @@
 
 mod common;
 
+/// glibc's allocator spent about a third of the gateway's CPU time in a
+/// warm full-scale stream (fragmentation from batch-sized buffers made it
+/// consolidate free chunks over and over); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,6 +67,10 @@ struct Args {
     /// Skip scenarios carrying any of these tags.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Batch sizes of the streaming scenarios (the warm ones; the cold pass
+    /// always uses 1,000).
+    #[arg(long, value_delimiter = ',', default_values_t = STREAM_BATCHES)]
+    stream_batches: Vec<usize>,
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -184,6 +194,24 @@ struct Gateway {
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<Result<(), simverify::grpc::ServeError>>,
     store: Store,
+    /// Cache lookups counted at the previous [`Gateway::indexed`].
+    lookups: std::sync::Mutex<simverify::cache::LookupCounts>,
+}
+
+/// What a gateway scenario left behind: how long the audit journal took to
+/// be indexed after it, and the share of its mirror lookups the cache served.
+#[derive(Clone, Copy)]
+struct After {
+    indexed: Duration,
+    hits: f64,
+}
+
+impl After {
+    fn cells(ix: &Option<After>) -> String {
+        ix.map_or("– | –".into(), |a| {
+            format!("{:.1} | {:.1}", a.indexed.as_secs_f64(), 100.0 * a.hits)
+        })
+    }
 }
 
 async fn spawn_gateway(
@@ -241,16 +269,25 @@ async fn spawn_gateway(
         stop,
         done,
         store,
+        lookups: Default::default(),
     }
 }
 
 impl Gateway {
-    /// Waits for the audit journal to be indexed; returns how long it took.
-    async fn indexed(&self) -> Duration {
+    /// Waits for the audit journal to be indexed; returns how long it took
+    /// and the cache's hit share since the previous call.
+    async fn indexed(&self) -> After {
         let t = Instant::now();
         let v = self.verifier.as_ref().expect("running");
         while !v.audit_synced(Duration::from_secs(60)).await {}
-        t.elapsed()
+        let indexed = t.elapsed();
+        let now = v.cache_lookups();
+        let before = std::mem::replace(&mut *self.lookups.lock().unwrap(), now);
+        let (hits, misses) = (now.hits - before.hits, now.misses - before.misses);
+        After {
+            indexed,
+            hits: hits as f64 / (hits + misses).max(1) as f64,
+        }
     }
 
     async fn shutdown(mut self) {
@@ -539,8 +576,12 @@ fn rss() -> u64 {
 /// shape the mirror holds (a 3-token name on average).
 fn cache_memory(n: u64) -> f64 {
     use simverify::cache::{CacheConfig, MirrorCache};
+    // An eighth of `max_entries` is spare room that buckets borrow as they
+    // grow in place (see `cache.rs`); this size gives moka itself room for
+    // all `n`, so none is evicted, with the bucket count a cache of `n`
+    // records gets.
     let cache = MirrorCache::new(CacheConfig {
-        max_entries: n,
+        max_entries: n + n / 7,
         ..CacheConfig::default()
     });
     let before = rss();
@@ -733,8 +774,8 @@ async fn run(args: Args) {
 
     // Rows: (scenario, backend label, Run, indexed-after).
     let mut unary_rows: Vec<(String, String, Run)> = Vec::new();
-    let mut stream_rows: Vec<(String, String, Run, Option<Duration>)> = Vec::new();
-    let mut batch_rows: Vec<(String, f64, Option<Duration>)> = Vec::new();
+    let mut stream_rows: Vec<(String, String, Run, Option<After>)> = Vec::new();
+    let mut batch_rows: Vec<(String, f64, Option<After>)> = Vec::new();
 
     if args.wants(&["echo", "unary"]) {
         for shape in UNARY_SHAPES {
@@ -743,7 +784,7 @@ async fn run(args: Args) {
         }
     }
     if args.wants(&["echo", "stream"]) {
-        for b in STREAM_BATCHES {
+        for &b in &args.stream_batches {
             let r = stream(&pki, echo_addr, &stream_requests, b).await;
             stream_rows.push((format!("batch {b}"), "bare tonic echo".into(), r, None));
         }
@@ -783,7 +824,7 @@ async fn run(args: Args) {
                     Some(ix),
                 ));
             }
-            for b in STREAM_BATCHES.into_iter().filter(|_| warm) {
+            for &b in args.stream_batches.iter().filter(|_| warm) {
                 let r = stream(&pki, gw.addr, &stream_requests, b).await;
                 let ix = gw.indexed().await;
                 stream_rows.push((
@@ -841,9 +882,9 @@ async fn run(args: Args) {
     if !stream_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
-            "| VerifyStream over {rows} rows (mTLS, durable audit) | batch | items/s | ratio to echo | batch p50 ms | batch p99 ms | indexed after s |"
+            "| VerifyStream over {rows} rows (mTLS, durable audit) | batch | items/s | ratio to echo | batch p50 ms | batch p99 ms | indexed after s | cache hits % |"
         ));
-        report.line("|---|---|---:|---:|---:|---:|---:|");
+        report.line("|---|---|---:|---:|---:|---:|---:|---:|");
         for (batch, who, r, ix) in &stream_rows {
             let echo = stream_rows
                 .iter()
@@ -856,16 +897,16 @@ async fn run(args: Args) {
                 r.rate,
                 ms(r.p50),
                 ms(r.p99),
-                ix.map_or("–".into(), |d| format!("{:.1}", d.as_secs_f64()))
+                After::cells(ix)
             ));
         }
     }
     if !batch_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
-            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | indexed after s |"
+            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | indexed after s | cache hits % |"
         ));
-        report.line("|---|---:|---:|---:|");
+        report.line("|---|---:|---:|---:|---:|");
         let echo = batch_rows
             .iter()
             .find(|(w, _, _)| w == "bare tonic echo")
@@ -874,7 +915,7 @@ async fn run(args: Args) {
             report.line(format!(
                 "| {who} | {r:.0} | {} | {} |",
                 echo.map_or("–".into(), |e| format!("{:.2}", r / e)),
-                ix.map_or("–".into(), |d| format!("{:.1}", d.as_secs_f64()))
+                After::cells(ix)
             ));
         }
     }

@@ -11,30 +11,31 @@
 //! nodes) before any value, more than the record it would hold. So moka holds
 //! *buckets*, not records: the lookup key's first bytes pick one of a
 //! power-of-two number of buckets, sized for 8 to 16 records each, and a
-//! bucket is one immutable byte slice holding its records packed back to back.
-//! moka's per-entry cost is then shared by a bucket's records, and a record
-//! costs its packed size (about 160 bytes with a three-word name). Lookup
-//! keys are HMAC outputs, so buckets fill evenly.
+//! bucket is a *slot*: one byte vector holding its records packed back to
+//! back. moka's per-entry cost is then shared by a bucket's records, and a
+//! record costs its packed size (about 160 bytes with a three-word name).
+//! Lookup keys are HMAC outputs, so buckets fill evenly.
 //!
-//! Changing a bucket builds a new slice under the bucket's own lock and
-//! replaces the old one; readers keep whichever slice they fetched. (moka's
-//! own per-key `and_compute_with` did the same job at a higher cost: a
-//! waiter entry and lock per call; the insert path under it was over a third
-//! of the gateway's CPU time in a cold full-scale run.) Each bucket also
-//! counts its changes, so that filling a miss can reuse the bucket its lookup
-//! read when nothing changed in between, instead of a second moka `get`.
-//! These counters are per bucket, not per stripe of buckets: with a thousand
-//! misses of a batch and several batches filling at once, a shared counter
-//! had almost always moved. They cost about 24 bytes per bucket, under two
-//! per record.
+//! A bucket changes under its own lock. A miss usually adds its record to
+//! the slot in place: replacing the slot in moka cost more than the rest of
+//! the miss (moka `insert` was ~60% of a fill). moka weighs a slot only when
+//! it is inserted, so records added in place *borrow* their weight from spare
+//! room held back from moka's capacity, and a slot that has borrowed a few is
+//! replaced by one weighed in full (see [`MirrorCache::spare`]). Each bucket
+//! counts the replacements of its slot, so that filling a miss can reuse the
+//! slot its lookup read when it was not replaced in between, instead of a
+//! second moka `get`. These counters are per bucket, not per stripe of
+//! buckets: with a thousand misses of a batch and several batches filling at
+//! once, a shared counter had almost always moved. They cost about 24 bytes
+//! per bucket, under two per record.
 //!
 //! Each record carries its own insertion time, checked on read, so the
 //! positive and negative TTLs hold per record; expired records are dropped
 //! the next time their bucket changes, and a bucket nobody writes to expires
 //! as a whole after the longer TTL.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -97,6 +98,53 @@ impl BucketLock {
     }
 }
 
+/// One bucket as moka holds it. Its records change in place under the
+/// bucket's lock, so a miss adds its record without a moka `insert`.
+struct Slot {
+    records: RwLock<SlotRecords>,
+    /// moka's weight of the slot: its record count when it was inserted.
+    /// Records added in place beyond it are *borrowed* from the cache's
+    /// spare room (see [`MirrorCache::spare`]).
+    weighed: u32,
+}
+
+struct SlotRecords {
+    /// Packed records, back to back.
+    bytes: Vec<u8>,
+    count: u32,
+    /// Set once moka has dropped the slot; nothing is added to it after.
+    gone: bool,
+}
+
+impl SlotRecords {
+    fn borrowed(&self, weighed: u32) -> u32 {
+        self.count.saturating_sub(weighed)
+    }
+}
+
+impl Slot {
+    fn new(bytes: Vec<u8>, count: u32) -> Arc<Self> {
+        Arc::new(Self {
+            records: RwLock::new(SlotRecords {
+                bytes,
+                count,
+                gone: false,
+            }),
+            weighed: count,
+        })
+    }
+
+    /// Poisoning is ignored: a writer changes the records with no call that
+    /// can panic midway, so the records stay whole.
+    fn read(&self) -> RwLockReadGuard<'_, SlotRecords> {
+        self.records.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SlotRecords> {
+        self.records.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A lookup that missed: what its bucket held then, for [`MirrorCache::fill`].
 /// It keeps that bucket alive until it is filled or dropped (across the
 /// store read), so a batch's misses may briefly hold replaced buckets.
@@ -104,7 +152,7 @@ pub struct Miss {
     bucket: u32,
     changes: u64,
     invalidations: u64,
-    seen: Option<Arc<[u8]>>,
+    seen: Option<Arc<Slot>>,
 }
 
 /// What [`MirrorCache::lookup`] found.
@@ -114,34 +162,86 @@ pub enum Lookup {
     Miss(Miss),
 }
 
+/// Lookups served from the cache and lookups that went to the store, since
+/// the cache was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupCounts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct MirrorCache {
-    /// Bucket number → packed records. The weight of a bucket is its record
-    /// count, so `max_entries` bounds records, as configured.
-    inner: Cache<u32, Arc<[u8]>>,
+    /// Bucket number → its slot. A slot weighs its record count when it was
+    /// inserted, so moka bounds records up to what slots have borrowed.
+    inner: Cache<u32, Arc<Slot>>,
     locks: Arc<[BucketLock]>,
+    /// Room for records added in place, held back from moka's capacity:
+    /// moka's capacity plus this is `max_entries`. A slot borrows from it
+    /// for each record beyond its weight and gives it back when it shrinks
+    /// or moka drops it, so records never exceed `max_entries`.
+    spare: Arc<AtomicI64>,
+    /// Added to once per request or batch by the caller (see
+    /// [`count`](Self::count)), not per lookup: a counter shared by every
+    /// lookup would be a cache line both cores write.
+    counts: Arc<Counters>,
     mask: u32,
     epoch: Instant,
     positive_ttl: Duration,
     negative_ttl: Duration,
 }
 
+/// The share of `max_entries` held back as spare room (one eighth).
+const SPARE_SHIFT: u32 = 3;
+/// Records one slot may borrow before it is weighed again (by replacing it
+/// in moka). More saves moka inserts; the spare room bounds the total.
+const MAX_BORROWED: u32 = 4;
+
 impl MirrorCache {
     pub fn new(cfg: CacheConfig) -> Self {
+        // Small caches keep no spare room: every change replaces its slot,
+        // and moka alone bounds the records exactly.
+        let spare = if cfg.max_entries >= SMALL_CACHE {
+            cfg.max_entries >> SPARE_SHIFT
+        } else {
+            0
+        };
+        let weighed = cfg.max_entries - spare;
         // A small cache gets about a bucket per record: moka evicts whole
         // buckets, and a lone bucket over capacity would empty the cache.
-        let buckets = (cfg.max_entries / BUCKET_TARGET)
-            .max(cfg.max_entries.min(SMALL_CACHE))
+        let buckets = (weighed / BUCKET_TARGET)
+            .max(weighed.min(SMALL_CACHE))
             .clamp(1, 1 << 31)
             .next_power_of_two();
+        let spare = Arc::new(AtomicI64::new(spare as i64));
+        let give_back = spare.clone();
         let inner = Cache::builder()
-            .max_capacity(cfg.max_entries)
-            .weigher(|_, bucket: &Arc<[u8]>| Records(bucket).count() as u32)
+            .max_capacity(weighed)
+            .weigher(|_, slot: &Arc<Slot>| slot.weighed)
             .time_to_live(cfg.positive_ttl.max(cfg.negative_ttl))
+            // Whatever the cause (evicted, expired, replaced, invalidated),
+            // the slot is out of moka: what it borrowed goes back, and
+            // nothing may be added to it any more.
+            .eviction_listener(move |_, slot: Arc<Slot>, _| {
+                let mut records = slot.write();
+                if !records.gone {
+                    records.gone = true;
+                    give_back
+                        .fetch_add(i64::from(records.borrowed(slot.weighed)), Ordering::AcqRel);
+                }
+            })
             .build();
         Self {
             inner,
             locks: (0..buckets).map(|_| BucketLock::default()).collect(),
+            spare,
+            counts: Arc::default(),
             mask: (buckets - 1) as u32,
             epoch: Instant::now(),
             positive_ttl: cfg.positive_ttl,
@@ -158,8 +258,8 @@ impl MirrorCache {
         &self.locks[bucket as usize]
     }
 
-    /// Locks `bucket` for a change; call [`BucketLock::changed`] once the
-    /// change is in moka.
+    /// Locks `bucket` for a change; call [`BucketLock::changed`] once a
+    /// change has replaced its slot in moka.
     fn lock(&self, bucket: u32) -> (&BucketLock, MutexGuard<'_, ()>) {
         let state = self.state(bucket);
         (state, state.lock())
@@ -179,6 +279,22 @@ impl MirrorCache {
         u64::from(now.saturating_sub(r.born())) < ttl.as_secs().max(1)
     }
 
+    /// Takes one record's room from the spare room, if any is left.
+    fn borrow_one(&self) -> bool {
+        if self.spare.fetch_sub(1, Ordering::AcqRel) > 0 {
+            true
+        } else {
+            self.spare.fetch_add(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    fn give_back(&self, n: u32) {
+        if n > 0 {
+            self.spare.fetch_add(i64::from(n), Ordering::AcqRel);
+        }
+    }
+
     /// `Some(entry)` on a hit (which may be a negative entry), `None` on a miss.
     pub fn get(&self, key: &LookupKey) -> Option<CachedRecord> {
         match self.lookup(key) {
@@ -196,12 +312,14 @@ impl MirrorCache {
         let invalidations = state.invalidations.load(Ordering::Acquire);
         let changes = state.changes.load(Ordering::Acquire);
         let seen = self.inner.get(&b);
-        let now = self.now();
-        if let Some(bucket) = &seen
-            && let Some(found) = Records(bucket).find(|r| r.key() == &key.0)
-            && self.live(&found, now)
-        {
-            return Lookup::Hit(found.record());
+        if let Some(slot) = &seen {
+            let now = self.now();
+            let records = slot.read();
+            if let Some(found) = Records(&records.bytes).find(|r| r.key() == &key.0)
+                && self.live(&found, now)
+            {
+                return Lookup::Hit(found.record());
+            }
         }
         Lookup::Miss(Miss {
             bucket: b,
@@ -243,21 +361,48 @@ impl MirrorCache {
         if state.invalidations.load(Ordering::Acquire) != miss.invalidations {
             return;
         }
-        // Unchanged since the lookup: what it saw is still the bucket (or
-        // moka has since evicted it, and putting those records back is as
-        // good as any other insert).
-        let old = if state.changes.load(Ordering::Acquire) == miss.changes {
+        // Not replaced since the lookup: what it saw is still the bucket's
+        // slot (or moka has dropped it since, which `gone` tells).
+        let slot = if state.changes.load(Ordering::Acquire) == miss.changes {
             miss.seen
         } else {
             self.inner.get(&b)
         };
-        let mut bucket =
-            Vec::with_capacity(packed_len(value) + old.as_ref().map_or(0, |o| o.len()));
-        pack(&mut bucket, &key, now, value);
-        if let Some(old) = old {
-            self.keep_others(&old, &key, now, &mut bucket);
-        }
-        self.inner.insert(b, bucket.into());
+        let len = packed_len(value);
+        let (bytes, count) = match slot {
+            Some(slot) => {
+                let mut records = slot.write();
+                if records.gone {
+                    drop(records);
+                    (Vec::with_capacity(len), 0)
+                } else {
+                    let before = records.borrowed(slot.weighed);
+                    self.keep_others(&mut records, &key, now);
+                    let kept = records.borrowed(slot.weighed);
+                    self.give_back(before - kept);
+                    let fits =
+                        records.count < slot.weighed || (kept < MAX_BORROWED && self.borrow_one());
+                    if fits {
+                        // Exact growth: spare capacity would cost memory in
+                        // every bucket, and most buckets grow a few times.
+                        records.bytes.reserve_exact(len);
+                        pack(&mut records.bytes, &key, now, value);
+                        records.count += 1;
+                        return;
+                    }
+                    // Weigh the bucket again: a new slot with all its records.
+                    let mut bytes = Vec::with_capacity(records.bytes.len() + len);
+                    bytes.extend_from_slice(&records.bytes);
+                    (bytes, records.count)
+                }
+            }
+            None => (Vec::with_capacity(len), 0),
+        };
+        let mut bytes = bytes;
+        pack(&mut bytes, &key, now, value);
+        // moka calls the listener for the slot this replaces, which takes
+        // that slot's lock: none is held here.
+        self.inner.insert(b, Slot::new(bytes, count + 1));
         state.changed();
     }
 
@@ -268,30 +413,43 @@ impl MirrorCache {
         // Counted even when the key is not cached: a miss being filled now
         // may hold what the store said before the import.
         state.invalidating();
-        let Some(old) = self.inner.get(&b) else {
+        let Some(slot) = self.inner.get(&b) else {
             return;
         };
-        if !Records(&old).any(|r| r.key() == &key.0) {
+        let mut records = slot.write();
+        if records.gone || !Records(&records.bytes).any(|r| r.key() == &key.0) {
             return;
         }
-        let mut kept = Vec::with_capacity(old.len());
-        self.keep_others(&old, key, now, &mut kept);
-        if kept.is_empty() {
+        let before = records.borrowed(slot.weighed);
+        self.keep_others(&mut records, key, now);
+        self.give_back(before - records.borrowed(slot.weighed));
+        if records.count == 0 {
+            drop(records);
             self.inner.invalidate(&b);
-        } else {
-            self.inner.insert(b, kept.into());
+            state.changed();
         }
-        state.changed();
     }
 
-    /// Appends the live records of `bucket` other than `key`'s: a change to
-    /// one record also drops the bucket's expired ones.
-    fn keep_others(&self, bucket: &[u8], key: &LookupKey, now: u32, out: &mut Vec<u8>) {
-        for r in Records(bucket) {
-            if r.key() != &key.0 && self.live(&r, now) {
-                out.extend_from_slice(r.bytes);
+    /// Drops `key`'s record and the expired ones from a slot, in place: a
+    /// change to one record also drops the bucket's expired ones.
+    fn keep_others(&self, records: &mut SlotRecords, key: &LookupKey, now: u32) {
+        let bytes = &mut records.bytes;
+        let (mut read, mut write, mut count) = (0, 0, 0);
+        while let Some((len, keep)) = Records(&bytes[read..])
+            .next()
+            .map(|r| (r.bytes.len(), r.key() != &key.0 && self.live(&r, now)))
+        {
+            if keep {
+                if write != read {
+                    bytes.copy_within(read..read + len, write);
+                }
+                write += len;
+                count += 1;
             }
+            read += len;
         }
+        bytes.truncate(write);
+        records.count = count;
     }
 
     /// Empties the cache. Every bucket is held meanwhile, so that no fill
@@ -304,10 +462,30 @@ impl MirrorCache {
         drop(held);
     }
 
+    /// Adds a request's or a batch's lookups to the counts.
+    pub fn count(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.counts.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.counts.misses.fetch_add(misses, Ordering::Relaxed);
+        }
+    }
+
+    pub fn lookups(&self) -> LookupCounts {
+        LookupCounts {
+            hits: self.counts.hits.load(Ordering::Relaxed),
+            misses: self.counts.misses.load(Ordering::Relaxed),
+        }
+    }
+
     /// Records held (including any expired ones not yet dropped).
     pub fn entry_count(&self) -> u64 {
         self.inner.run_pending_tasks();
-        self.inner.weighted_size()
+        self.inner
+            .iter()
+            .map(|(_, slot)| u64::from(slot.read().count))
+            .sum()
     }
 }
 
@@ -505,7 +683,7 @@ mod tests {
         let mut bytes = Vec::new();
         pack(&mut bytes, &key(1), 0, Some(&record(1, 2)));
         let b = cache.bucket_of(&key(1));
-        cache.inner.insert(b, bytes.into());
+        cache.inner.insert(b, Slot::new(bytes, 1));
         assert!(cache.get(&key(1)).is_some());
         let later = MirrorCache {
             epoch: cache.epoch - Duration::from_secs(5),
@@ -544,64 +722,72 @@ mod tests {
 
     #[test]
     fn an_undisturbed_fill_keeps_the_bucket_it_saw() {
-        let cache = small();
-        let (a, c) = (in_bucket_zero(1), in_bucket_zero(3));
-        cache.insert(a, Some(&record(1, 2)));
-        let miss = missed(&cache, &c);
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
-        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
-        assert_eq!(cache.entry_count(), 2);
+        // With spare room the fills change slots in place; without, they replace them.
+        for cache in [small(), with_spare()] {
+            let (a, c) = (in_bucket_zero(1), in_bucket_zero(3));
+            cache.insert(a, Some(&record(1, 2)));
+            let miss = missed(&cache, &c);
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
+            assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+            assert_eq!(cache.entry_count(), 2);
+        }
     }
 
     #[test]
     fn a_fill_keeps_the_inserts_made_since_its_lookup() {
-        let cache = small();
-        let (a, c, d) = (in_bucket_zero(1), in_bucket_zero(3), in_bucket_zero(4));
-        cache.insert(a, Some(&record(1, 2)));
-        let miss = missed(&cache, &c);
-        // Another request's fill while this one's store read was under way.
-        cache.insert(d, None);
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
-        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
-        assert_eq!(cache.get(&d), Some(None), "a newer insert was lost");
+        // With spare room the fills change slots in place; without, they replace them.
+        for cache in [small(), with_spare()] {
+            let (a, c, d) = (in_bucket_zero(1), in_bucket_zero(3), in_bucket_zero(4));
+            cache.insert(a, Some(&record(1, 2)));
+            let miss = missed(&cache, &c);
+            // Another request's fill while this one's store read was under way.
+            cache.insert(d, None);
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
+            assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+            assert_eq!(cache.get(&d), Some(None), "a newer insert was lost");
+        }
     }
 
     #[test]
     fn a_fill_that_raced_an_invalidation_is_not_cached() {
-        let cache = small();
-        let (a, b, c) = (in_bucket_zero(1), in_bucket_zero(2), in_bucket_zero(3));
-        cache.insert(a, Some(&record(1, 2)));
-        cache.insert(b, Some(&record(2, 2)));
-        // An import changed `c` while its store read was under way: what
-        // the read returned may be the old record.
-        let miss = missed(&cache, &c);
-        cache.invalidate(&c);
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
-        // Nor does a fill undo an invalidation of another record.
-        let miss = missed(&cache, &c);
-        cache.invalidate(&a);
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&a), None, "an invalidated record came back");
-        assert_eq!(cache.get(&b).flatten(), Some(record(2, 2)));
-        // A lookup after the invalidation fills as usual.
-        let miss = missed(&cache, &c);
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+        // With spare room the fills change slots in place; without, they replace them.
+        for cache in [small(), with_spare()] {
+            let (a, b, c) = (in_bucket_zero(1), in_bucket_zero(2), in_bucket_zero(3));
+            cache.insert(a, Some(&record(1, 2)));
+            cache.insert(b, Some(&record(2, 2)));
+            // An import changed `c` while its store read was under way: what
+            // the read returned may be the old record.
+            let miss = missed(&cache, &c);
+            cache.invalidate(&c);
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
+            // Nor does a fill undo an invalidation of another record.
+            let miss = missed(&cache, &c);
+            cache.invalidate(&a);
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&a), None, "an invalidated record came back");
+            assert_eq!(cache.get(&b).flatten(), Some(record(2, 2)));
+            // A lookup after the invalidation fills as usual.
+            let miss = missed(&cache, &c);
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+        }
     }
 
     #[test]
     fn a_fill_after_clearing_brings_nothing_back() {
-        let cache = small();
-        let (a, c) = (in_bucket_zero(1), in_bucket_zero(3));
-        cache.insert(a, Some(&record(1, 2)));
-        let miss = missed(&cache, &c);
-        cache.invalidate_all();
-        cache.fill(c, miss, Some(&record(3, 2)));
-        assert_eq!(cache.get(&a), None, "a cleared record came back");
-        assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
+        // With spare room the fills change slots in place; without, they replace them.
+        for cache in [small(), with_spare()] {
+            let (a, c) = (in_bucket_zero(1), in_bucket_zero(3));
+            cache.insert(a, Some(&record(1, 2)));
+            let miss = missed(&cache, &c);
+            cache.invalidate_all();
+            cache.fill(c, miss, Some(&record(3, 2)));
+            assert_eq!(cache.get(&a), None, "a cleared record came back");
+            assert_eq!(cache.get(&c), None, "a possibly stale record was cached");
+        }
     }
 
     #[test]
@@ -623,6 +809,93 @@ mod tests {
             assert!(n <= 1, "cut at {cut}");
         }
         assert_eq!(Records(&bytes).count(), 2);
+    }
+
+    /// A cache large enough to keep spare room (see `MirrorCache::spare`).
+    fn with_spare() -> MirrorCache {
+        MirrorCache::new(CacheConfig {
+            max_entries: 4096,
+            ..CacheConfig::default()
+        })
+    }
+
+    fn spare(cache: &MirrorCache) -> i64 {
+        cache.inner.run_pending_tasks();
+        cache.spare.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn a_fill_with_room_adds_to_its_slot_in_place() {
+        let cache = with_spare();
+        let (a, c) = (in_bucket_zero(1), in_bucket_zero(3));
+        cache.insert(a, Some(&record(1, 2)));
+        let slot = cache.inner.get(&0).expect("bucket 0");
+        let changes = cache.state(0).changes.load(Ordering::Acquire);
+        let miss = missed(&cache, &c);
+        cache.fill(c, miss, Some(&record(3, 2)));
+        // The same slot, not replaced in moka, now holds both, one borrowed.
+        assert!(Arc::ptr_eq(&slot, &cache.inner.get(&0).expect("bucket 0")));
+        assert_eq!(cache.state(0).changes.load(Ordering::Acquire), changes);
+        assert_eq!(cache.get(&a).flatten(), Some(record(1, 2)));
+        assert_eq!(cache.get(&c).flatten(), Some(record(3, 2)));
+        assert_eq!(spare(&cache), 512 - 1);
+        // Filling the same key again replaces its record, borrowing nothing more.
+        cache.insert(c, None);
+        assert_eq!(cache.get(&c), Some(None));
+        assert_eq!(spare(&cache), 512 - 1);
+        assert_eq!(cache.entry_count(), 2);
+    }
+
+    #[test]
+    fn a_slot_that_borrowed_enough_is_weighed_again() {
+        let cache = with_spare();
+        for i in 1..=1 + MAX_BORROWED as u64 {
+            cache.insert(in_bucket_zero(i), None);
+        }
+        let slot = cache.inner.get(&0).expect("bucket 0");
+        assert_eq!(slot.weighed, 1);
+        assert_eq!(spare(&cache), 512 - i64::from(MAX_BORROWED));
+        cache.insert(in_bucket_zero(100), None);
+        // Replaced by a slot that moka weighs with all its records; what the
+        // old one borrowed is back.
+        let slot = cache.inner.get(&0).expect("bucket 0");
+        assert_eq!(slot.weighed, 2 + MAX_BORROWED);
+        assert_eq!(spare(&cache), 512);
+        assert_eq!(cache.entry_count(), 2 + u64::from(MAX_BORROWED));
+    }
+
+    #[test]
+    fn dropped_slots_give_back_what_they_borrowed() {
+        let cache = with_spare();
+        for i in 0..300 {
+            cache.insert(key(i), None);
+            cache.insert(in_bucket_zero(i), Some(&record(i, 1)));
+        }
+        assert!(spare(&cache) < 512);
+        // An invalidation that empties a bucket, then everything.
+        let lone = key(1_000_000);
+        let b = cache.bucket_of(&lone);
+        cache.invalidate_all();
+        cache.insert(lone, None);
+        cache.invalidate(&lone);
+        assert!(cache.inner.get(&b).is_none());
+        assert_eq!(spare(&cache), 512);
+        assert_eq!(cache.entry_count(), 0);
+    }
+
+    #[test]
+    fn borrowing_never_takes_records_past_max_entries() {
+        let cache = with_spare();
+        for i in 0..50_000 {
+            cache.insert(key(i), Some(&record(i, 1)));
+            if i % 1000 == 999 {
+                let held = cache.entry_count();
+                assert!(held <= 4096, "{held} records held after {i} inserts");
+                assert!(spare(&cache) >= 0);
+            }
+        }
+        // Evicting whole buckets leaves room, but not most of it.
+        assert!(cache.entry_count() >= 2048, "{}", cache.entry_count());
     }
 
     #[test]

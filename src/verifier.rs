@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditError, AuditSink, CommitMode, JournalError};
-use crate::cache::{CacheConfig, CachedRecord, Lookup, MirrorCache, Miss};
+use crate::cache::{CacheConfig, CachedRecord, Lookup, LookupCounts, MirrorCache, Miss};
 use crate::clock;
 use crate::domain::{
     AuditRecord, CivilDate, KeyedHasher, LookupKey, Purpose, RawRequest, Verdict, VerifyInput,
@@ -182,6 +182,11 @@ impl Verifier {
         self.inner.cache.entry_count()
     }
 
+    /// Mirror lookups answered by the cache and by the store so far.
+    pub fn cache_lookups(&self) -> LookupCounts {
+        self.inner.cache.lookups()
+    }
+
     /// Verifies one request. Invalid input is an error, not an answer.
     #[tracing::instrument(name = "verify", skip_all, fields(caller = %caller))]
     pub async fn verify(
@@ -195,8 +200,12 @@ impl Verifier {
             VerifyInput::parse(&item.raw, clock::today_vn()).map_err(VerifyError::Invalid)?;
         let probe = input.into_probe(&self.inner.hasher);
         let cached = match self.inner.cache.lookup(&probe.lookup_key) {
-            Lookup::Hit(hit) => hit,
+            Lookup::Hit(hit) => {
+                self.inner.cache.count(1, 0);
+                hit
+            }
             Lookup::Miss(miss) => {
+                self.inner.cache.count(0, 1);
                 let rec = self.inner.store.get_record(&probe.lookup_key).await?;
                 self.inner.cache.fill(probe.lookup_key, miss, rec.as_ref());
                 rec
@@ -253,6 +262,9 @@ impl Verifier {
                 }
             }
         }
+        self.inner
+            .cache
+            .count((found.len() - misses.len()) as u64, misses.len() as u64);
         if !misses.is_empty() {
             let keys: Vec<LookupKey> = misses.iter().map(|(k, _)| *k).collect();
             for (k, rec) in self.inner.store.get_records(&keys).await? {
