@@ -8,6 +8,10 @@ use std::hint::black_box;
 
 mod common;
 
+/// The allocator the gateway runs with (`src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use simverify::domain::{
     CivilDate, FullName, Identity, KeyedHasher, MirrorRecord, RawRequest, Sex, VerifyInput, decide,

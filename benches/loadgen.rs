@@ -22,9 +22,8 @@
 
 mod common;
 
-/// glibc's allocator spent about a third of the gateway's CPU time in a
-/// warm full-scale stream (fragmentation from batch-sized buffers made it
-/// consolidate free chunks over and over); see BENCHMARKS.md.
+/// The allocator the gateway runs with (`src/main.rs`). The echo shares the
+/// process, so both sides of every ratio run on it.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
