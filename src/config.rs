@@ -81,6 +81,8 @@ pub struct ServerSection {
     pub max_concurrent_requests: usize,
     /// How long in-flight calls may run after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Mirror records (found or not found) the cache holds at most: about
+    /// 210 bytes each, so the default of 1M takes about 210 MB.
     pub cache_entries: u64,
     /// How often a signed audit checkpoint is published (when the log grew).
     pub checkpoint_secs: u64,
