@@ -369,7 +369,7 @@ impl MirrorCache {
             self.inner.get(&b)
         };
         let len = packed_len(value);
-        let (bytes, count) = match slot {
+        let (mut bytes, count) = match slot {
             Some(slot) => {
                 let mut records = slot.write();
                 if records.gone {
@@ -398,7 +398,6 @@ impl MirrorCache {
             }
             None => (Vec::with_capacity(len), 0),
         };
-        let mut bytes = bytes;
         pack(&mut bytes, &key, now, value);
         // moka calls the listener for the slot this replaces, which takes
         // that slot's lock: none is held here.

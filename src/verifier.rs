@@ -247,7 +247,10 @@ impl Verifier {
         // Cache first, then one store query for every distinct miss.
         let mut found: HashMap<LookupKey, CachedRecord, KeyHash> =
             HashMap::with_capacity_and_hasher(items.len(), KeyHash);
-        let mut misses: Vec<(LookupKey, Miss)> = Vec::new();
+        // The store query takes the missed keys as one slice; what each
+        // lookup saw stays beside them for its fill.
+        let mut missed: Vec<LookupKey> = Vec::new();
+        let mut misses: Vec<Miss> = Vec::new();
         for p in parsed.iter().flatten() {
             if found.contains_key(&p.lookup_key) {
                 continue;
@@ -258,19 +261,19 @@ impl Verifier {
                 }
                 Lookup::Miss(miss) => {
                     found.insert(p.lookup_key, None);
-                    misses.push((p.lookup_key, miss));
+                    missed.push(p.lookup_key);
+                    misses.push(miss);
                 }
             }
         }
         self.inner
             .cache
             .count((found.len() - misses.len()) as u64, misses.len() as u64);
-        if !misses.is_empty() {
-            let keys: Vec<LookupKey> = misses.iter().map(|(k, _)| *k).collect();
-            for (k, rec) in self.inner.store.get_records(&keys).await? {
+        if !missed.is_empty() {
+            for (k, rec) in self.inner.store.get_records(&missed).await? {
                 found.insert(k, Some(rec));
             }
-            for (k, miss) in misses {
+            for (k, miss) in missed.into_iter().zip(misses) {
                 self.inner.cache.fill(k, miss, found[&k].as_ref());
             }
         }
