@@ -358,24 +358,36 @@ async fn killed_job_resumes_to_the_same_output(backend: Backend) {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let (_, stderr) = ok(batch(&app.endpoint(), &files, &subs, &killed, &[])
-        .output()
-        .unwrap());
+    let resumed_summary = files.path("resumed.json");
+    let (_, stderr) = ok(
+        batch(&app.endpoint(), &files, &subs, &killed, &["--summary"])
+            .arg(&resumed_summary)
+            .output()
+            .unwrap(),
+    );
     assert!(stderr.contains("resuming job"), "{stderr}");
 
     let straight = files.path("straight.csv");
+    let straight_summary = files.path("straight.json");
     ok(batch(
         &app.endpoint(),
         &files,
         &subs,
         &straight,
-        &["--quiet", "--job-id", &job_id(&killed)],
+        &["--quiet", "--job-id", &job_id(&killed), "--summary"],
     )
+    .arg(&straight_summary)
     .output()
     .unwrap());
     let (a, b) = (read_csv(&killed), read_csv(&straight));
     assert_eq!(a.len(), read_csv(&subs).len());
     assert_eq!(without_audit_ids(a.clone()), without_audit_ids(b));
+    // The resumed job's report counts the rows of its earlier runs too.
+    let summary = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    assert_eq!(summary(&resumed_summary), summary(&straight_summary));
+    assert_eq!(summary(&resumed_summary)["rows"], a.len() as u64);
     // Every answer written after the crash points at a durable audit record.
     app.synced().await;
     for r in a.iter().step_by(251) {

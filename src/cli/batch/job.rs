@@ -23,7 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::report::OUTPUT_COLUMNS;
+use super::report::{OUTPUT_COLUMNS, RowView, Tally};
 use crate::cli::CliError;
 use crate::domain::{CitizenId, RawRequest, Sex, VerifyInput};
 use crate::grpc::convert;
@@ -442,13 +442,18 @@ fn make_chunk(
     }
 }
 
-/// Output writer with the bookkeeping a checkpoint needs.
+/// Output writer with the bookkeeping a checkpoint needs, and the report's
+/// counts of every row in the output.
 pub struct Output {
     path: PathBuf,
     csv: csv::Writer<BufWriter<File>>,
     pub cp: Checkpoint,
     last_sync: Instant,
     sync_every: Duration,
+    /// Counted as rows are written, so that the report at the end of a job
+    /// need not read the whole output back; a resumed job counts the rows
+    /// already there when it opens the output.
+    tally: Tally,
 }
 
 impl Output {
@@ -467,6 +472,13 @@ impl Output {
             .map_err(io)?;
         let fresh = cp.output_bytes == 0;
         file.set_len(cp.output_bytes).map_err(io)?;
+        let tally = if fresh {
+            Tally::default()
+        } else {
+            file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+            super::report::tally(std::io::BufReader::with_capacity(1 << 20, &file))
+                .map_err(|e| CliError::Data(format!("{}: {e}", path.display())))?
+        };
         file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         let mut csv = csv::WriterBuilder::new()
             .has_headers(false)
@@ -484,9 +496,15 @@ impl Output {
             cp,
             last_sync: Instant::now(),
             sync_every,
+            tally,
         };
         out.sync()?;
         Ok(out)
+    }
+
+    /// The counts of every row in the output.
+    pub fn into_tally(self) -> Tally {
+        self.tally
     }
 
     fn write(&mut self, fields: &[&str]) -> Result<(), CliError> {
@@ -540,6 +558,15 @@ impl Output {
             error,
             id_ref,
         ])?;
+        self.tally.add(&RowView {
+            row,
+            msisdn,
+            decision: "INVALID",
+            fields: [""; 4],
+            name_tier: "",
+            recommended_action: "CORRECT_INPUT",
+            id_ref,
+        });
         self.count("INVALID", row)
     }
 
@@ -567,24 +594,35 @@ impl Output {
             .map(|v| format!("{}: {} [{}]", v.field, v.description, v.reason))
             .collect::<Vec<_>>()
             .join("; ");
+        let fields = [r.id_number, r.full_name, r.date_of_birth, r.sex].map(convert::field_name);
+        let action = convert::action_name(r.recommended_action);
         let row_s = row.to_string();
         self.write(&[
             &row_s,
             msisdn,
             &r.request_id,
             decision,
-            convert::field_name(r.id_number),
-            convert::field_name(r.full_name),
-            convert::field_name(r.date_of_birth),
-            convert::field_name(r.sex),
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[3],
             tier,
             &score,
-            convert::action_name(r.recommended_action),
+            action,
             &r.reasons.join(";"),
             &r.audit_id,
             &error,
             id_ref,
         ])?;
+        self.tally.add(&RowView {
+            row,
+            msisdn,
+            decision,
+            fields,
+            name_tier: tier,
+            recommended_action: action,
+            id_ref,
+        });
         self.count(decision, row)
     }
 

@@ -106,6 +106,7 @@ pub async fn run(cfg: &Config, cmd: BatchCommand) -> Result<(), CliError> {
             let input = if a.show_ids { a.input.as_deref() } else { None };
             finish_report(
                 &a.results,
+                None,
                 a.summary.as_deref(),
                 a.max_lines_per_id,
                 input,
@@ -115,8 +116,12 @@ pub async fn run(cfg: &Config, cmd: BatchCommand) -> Result<(), CliError> {
     }
 }
 
+/// Prints and writes the report of the job whose output is `results`, from
+/// `counted` when the job has just counted its rows, or else by reading
+/// `results`.
 fn finish_report(
     results: &Path,
+    counted: Option<report::Tally>,
     summary: Option<&Path>,
     max: usize,
     ids_from: Option<&Path>,
@@ -127,8 +132,11 @@ fn finish_report(
             .map(std::io::BufReader::new)
             .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", p.display())))
     };
-    let mut report = report::build(open(results)?, max)
-        .map_err(|e| CliError::Data(format!("{}: {e}", results.display())))?;
+    let mut report = match counted {
+        Some(tally) => tally.finish(max),
+        None => report::build(open(results)?, max)
+            .map_err(|e| CliError::Data(format!("{}: {e}", results.display())))?,
+    };
     if let Some(input) = ids_from {
         report::attach_ids(&mut report, open(input)?)
             .map_err(|e| CliError::Data(format!("{}: {e}", input.display())))?;
@@ -268,6 +276,7 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
             }
             return finish_report(
                 &a.output,
+                None,
                 a.summary.as_deref(),
                 a.max_lines_per_id,
                 a.show_ids.then_some(a.input.as_path()),
@@ -401,6 +410,7 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
     }
     finish_report(
         &a.output,
+        Some(out.into_tally()),
         a.summary.as_deref(),
         a.max_lines_per_id,
         a.show_ids.then_some(a.input.as_path()),

@@ -74,9 +74,97 @@ const FIELDS: [(&str, &str); 4] = [
     ("sex_result", "sex"),
 ];
 
-/// Builds the report from a results CSV. Memory grows by 8 bytes per row
-/// (the `id_ref` fingerprints, sorted to find shared identities).
-pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, ReportError> {
+/// One results row, as [`Tally::add`] reads it: the columns the report uses.
+pub struct RowView<'a> {
+    pub row: u64,
+    pub msisdn: &'a str,
+    pub decision: &'a str,
+    /// `id_number_result`, `full_name_result`, `date_of_birth_result`,
+    /// `sex_result`, in that order.
+    pub fields: [&'a str; 4],
+    pub name_tier: &'a str,
+    pub recommended_action: &'a str,
+    pub id_ref: &'a str,
+}
+
+/// The report's counts, added to one row at a time: by the job as it
+/// writes its results, or by [`build`] reading a results file. Both read
+/// the same columns the same way, so a job's report and one rebuilt from
+/// its output agree. Memory grows by 16 bytes per row (the `id_ref`
+/// fingerprints with their rows, sorted at the end to find shared
+/// identities).
+#[derive(Debug, Default)]
+pub struct Tally {
+    report: Report,
+    refs: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    /// Counts one row. Counters are bumped without a key allocation each:
+    /// a job counts millions of rows.
+    pub fn add(&mut self, v: &RowView<'_>) {
+        let r = &mut self.report;
+        r.rows += 1;
+        bump(&mut r.decisions, v.decision);
+        for (result, (_, field)) in v.fields.iter().zip(FIELDS) {
+            if *result == "MISMATCH" {
+                bump(&mut r.failed_fields, field);
+            }
+        }
+        if !v.recommended_action.is_empty() {
+            bump(&mut r.recommended_actions, v.recommended_action);
+        }
+        let (prefix, carrier) = match Msisdn::parse(v.msisdn) {
+            Ok(m) => (m.national_prefix(), m.prefix_carrier().as_str()),
+            Err(_) => ("invalid".to_owned(), "-"),
+        };
+        match r.msisdn_prefixes.get_mut(&prefix) {
+            Some(entry) => entry.rows += 1,
+            None => {
+                r.msisdn_prefixes.insert(
+                    prefix,
+                    PrefixCount {
+                        carrier: carrier.into(),
+                        rows: 1,
+                    },
+                );
+            }
+        }
+        if v.name_tier == "DIACRITICS_ONLY" {
+            r.diacritics_only_rows.push(v.row);
+        }
+        if let Ok(fp) = u64::from_str_radix(v.id_ref, 16) {
+            self.refs.push((fp, v.row));
+        }
+    }
+
+    /// Rows counted so far.
+    pub fn rows(&self) -> u64 {
+        self.report.rows
+    }
+
+    /// The report, with identities on more than `max_lines_per_id` lines.
+    pub fn finish(mut self, max_lines_per_id: usize) -> Report {
+        let mut r = std::mem::take(&mut self.report);
+        r.max_lines_per_id = max_lines_per_id;
+        self.refs.sort_unstable();
+        for group in self.refs.chunk_by(|a, b| a.0 == b.0) {
+            if group.len() > max_lines_per_id {
+                r.shared_ids.push(SharedId {
+                    lines: group.len(),
+                    rows: group.iter().map(|&(_, row)| row).collect(),
+                    id_number: None,
+                });
+            }
+        }
+        r.shared_ids
+            .sort_by(|a, b| b.lines.cmp(&a.lines).then(a.rows.cmp(&b.rows)));
+        r
+    }
+}
+
+/// Counts every row of a results CSV.
+pub fn tally<R: Read>(results: R) -> Result<Tally, ReportError> {
     let mut rdr = csv::Reader::from_reader(results);
     let header = rdr.headers()?.clone();
     let col = |name: &'static str| {
@@ -93,67 +181,30 @@ pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, Rep
         col("recommended_action")?,
         col("id_ref")?,
     );
-    let field_cols: Vec<(usize, &str)> = FIELDS
-        .iter()
-        .map(|(c, f)| col(c).map(|i| (i, *f)))
-        .collect::<Result<_, _>>()?;
-
-    let mut r = Report {
-        max_lines_per_id,
-        ..Report::default()
-    };
-    let mut refs: Vec<(u64, u64)> = Vec::new();
-    // One record reused for every row, and counters bumped without a key
-    // allocation each: a job's report reads millions of rows.
+    let mut c_fields = [0; 4];
+    for (c, (name, _)) in c_fields.iter_mut().zip(FIELDS) {
+        *c = col(name)?;
+    }
+    let mut t = Tally::default();
+    // One record reused for every row.
     let mut rec = csv::StringRecord::new();
     while rdr.read_record(&mut rec)? {
-        r.rows += 1;
-        let row: u64 = rec[c_row].parse().unwrap_or(r.rows);
-        bump(&mut r.decisions, &rec[c_decision]);
-        for &(i, f) in &field_cols {
-            if &rec[i] == "MISMATCH" {
-                bump(&mut r.failed_fields, f);
-            }
-        }
-        if !rec[c_action].is_empty() {
-            bump(&mut r.recommended_actions, &rec[c_action]);
-        }
-        let (prefix, carrier) = match Msisdn::parse(&rec[c_msisdn]) {
-            Ok(m) => (m.national_prefix(), m.prefix_carrier().as_str()),
-            Err(_) => ("invalid".to_owned(), "-"),
-        };
-        match r.msisdn_prefixes.get_mut(&prefix) {
-            Some(entry) => entry.rows += 1,
-            None => {
-                r.msisdn_prefixes.insert(
-                    prefix,
-                    PrefixCount {
-                        carrier: carrier.into(),
-                        rows: 1,
-                    },
-                );
-            }
-        }
-        if &rec[c_tier] == "DIACRITICS_ONLY" {
-            r.diacritics_only_rows.push(row);
-        }
-        if let Ok(fp) = u64::from_str_radix(&rec[c_ref], 16) {
-            refs.push((fp, row));
-        }
+        t.add(&RowView {
+            row: rec[c_row].parse().unwrap_or(t.rows() + 1),
+            msisdn: &rec[c_msisdn],
+            decision: &rec[c_decision],
+            fields: c_fields.map(|c| &rec[c]),
+            name_tier: &rec[c_tier],
+            recommended_action: &rec[c_action],
+            id_ref: &rec[c_ref],
+        });
     }
-    refs.sort_unstable();
-    for group in refs.chunk_by(|a, b| a.0 == b.0) {
-        if group.len() > max_lines_per_id {
-            r.shared_ids.push(SharedId {
-                lines: group.len(),
-                rows: group.iter().map(|&(_, row)| row).collect(),
-                id_number: None,
-            });
-        }
-    }
-    r.shared_ids
-        .sort_by(|a, b| b.lines.cmp(&a.lines).then(a.rows.cmp(&b.rows)));
-    Ok(r)
+    Ok(t)
+}
+
+/// Builds the report from a results CSV.
+pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, ReportError> {
+    Ok(tally(results)?.finish(max_lines_per_id))
 }
 
 /// Counts one more `key`, allocating the key only the first time it is seen.
