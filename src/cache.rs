@@ -152,12 +152,15 @@ struct SlotRecords {
     gone: bool,
 }
 
-/// An index entry: the key's bytes 4..8 (bytes 0..4 chose the bucket)
-/// above the record's offset.
+/// An index entry: the key's tag above the record's offset.
 fn index_entry(key: &[u8; 32], offset: usize) -> u64 {
-    let tag = u32::from_le_bytes([key[4], key[5], key[6], key[7]]);
     // Buckets stay far below 4 GiB: moka bounds what they hold.
-    (u64::from(tag) << 32) | offset as u64
+    (u64::from(tag(key)) << 32) | offset as u64
+}
+
+/// The key's bytes 4..8 (bytes 0..4 chose the bucket).
+fn tag(key: &[u8; 32]) -> u32 {
+    u32::from_le_bytes([key[4], key[5], key[6], key[7]])
 }
 
 impl SlotRecords {
@@ -188,10 +191,10 @@ impl SlotRecords {
     }
 
     fn find(&self, key: &[u8; 32]) -> Option<Packed<'_>> {
-        let tag = index_entry(key, 0);
+        let tag = u64::from(tag(key));
         self.index
             .iter()
-            .filter(|&&e| e >> 32 == tag >> 32)
+            .filter(|&&e| e >> 32 == tag)
             .filter_map(|&e| Records(self.bytes.get(e as u32 as usize..)?).next())
             .find(|r| r.key() == key)
     }
@@ -418,16 +421,14 @@ impl MirrorCache {
         let state = self.state(b);
         let invalidations = state.invalidations.load(Ordering::Acquire);
         let changes = state.changes.load(Ordering::Acquire);
+        // Before the bucket's lock is taken: moka may run its maintenance,
+        // and so its eviction listener, inside this call.
         if sampled() {
             self.inner.get(&b);
         }
         let now = self.now();
         let current = state.current();
-        // A slot past moka's time to live is gone to moka, even if moka has
-        // not dropped it yet.
-        let seen = current
-            .as_ref()
-            .filter(|slot| u64::from(now.saturating_sub(slot.born)) < self.slot_ttl);
+        let seen = current.as_ref().filter(|slot| self.fresh(slot, now));
         if let Some(slot) = seen {
             let records = slot.read();
             if let Some(found) = records.find(&key.0)
@@ -449,11 +450,17 @@ impl MirrorCache {
     /// The bucket's slot as lookups see it now.
     fn current(&self, b: u32) -> Option<Arc<Slot>> {
         let now = self.now();
-        self.state(b)
-            .current()
+        let current = self.state(b).current();
+        current
             .as_ref()
-            .filter(|slot| u64::from(now.saturating_sub(slot.born)) < self.slot_ttl)
+            .filter(|slot| self.fresh(slot, now))
             .cloned()
+    }
+
+    /// Whether `slot` is within moka's time to live: past it, the slot is
+    /// gone to moka even if moka has not dropped it yet.
+    fn fresh(&self, slot: &Slot, now: u32) -> bool {
+        u64::from(now.saturating_sub(slot.born)) < self.slot_ttl
     }
 
     pub fn insert(&self, key: LookupKey, value: Option<&MirrorRecord>) {

@@ -520,6 +520,7 @@ impl Output {
         let f = self.csv.get_ref().get_ref();
         f.sync_data().map_err(io)?;
         self.cp.output_bytes = f.metadata().map_err(io)?.len();
+        self.cp.decisions.clone_from(self.tally.decisions());
         self.cp.store(&self.path)?;
         self.last_sync = Instant::now();
         Ok(())
@@ -567,7 +568,8 @@ impl Output {
             recommended_action: "CORRECT_INPUT",
             id_ref,
         });
-        self.count("INVALID", row)
+        self.cp.rows_done = row;
+        Ok(())
     }
 
     fn answer(
@@ -623,13 +625,15 @@ impl Output {
             recommended_action: action,
             id_ref,
         });
-        self.count(decision, row)
-    }
-
-    fn count(&mut self, decision: &str, row: u64) -> Result<(), CliError> {
-        super::report::bump(&mut self.cp.decisions, decision);
         self.cp.rows_done = row;
         Ok(())
+    }
+
+    /// The checkpoint as of the last row written, with its decision counts
+    /// taken from the report's.
+    pub fn checkpoint(&mut self) -> &Checkpoint {
+        self.cp.decisions.clone_from(self.tally.decisions());
+        &self.cp
     }
 }
 
@@ -754,7 +758,7 @@ pub async fn attempt(
                         )));
                     }
                     or_stop!('main, out.maybe_sync());
-                    progress(&out.cp);
+                    progress(out.checkpoint());
                 }
             },
         }
@@ -763,6 +767,6 @@ pub async fn attempt(
     drop(chunk_rx);
     let _ = reader.await;
     out.sync().map_err(Stop::Fatal)?;
-    progress(&out.cp);
+    progress(out.checkpoint());
     outcome
 }

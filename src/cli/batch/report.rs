@@ -143,6 +143,11 @@ impl Tally {
         self.report.rows
     }
 
+    /// Rows counted so far, by decision.
+    pub fn decisions(&self) -> &BTreeMap<String, u64> {
+        &self.report.decisions
+    }
+
     /// The report, with identities on more than `max_lines_per_id` lines.
     pub fn finish(mut self, max_lines_per_id: usize) -> Report {
         let mut r = std::mem::take(&mut self.report);
@@ -208,7 +213,7 @@ pub fn build<R: Read>(results: R, max_lines_per_id: usize) -> Result<Report, Rep
 }
 
 /// Counts one more `key`, allocating the key only the first time it is seen.
-pub(crate) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
     match counts.get_mut(key) {
         Some(n) => *n += 1,
         None => {
