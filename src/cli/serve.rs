@@ -98,6 +98,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
             "serving plaintext gRPC without client authentication: for local development only"
         );
     }
+    let stop = shutdown_signal();
     tracing::info!(
         addr = %app.local_addr(),
         backend = store.backend(),
@@ -106,7 +107,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
         mirror_version = store.mirror_version().await?,
         "simverify gateway ready"
     );
-    app.run_until_stopped(shutdown_signal())
+    app.run_until_stopped(stop)
         .await
         .map_err(|e| CliError::Internal(e.to_string()))?;
     store.close().await;
@@ -162,30 +163,42 @@ fn write_file(
     f(std::io::BufWriter::new(file)).map_err(|e| CliError::Internal(e.to_string()))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    shutdown_signal_quiet().await;
-    tracing::info!("shutdown requested; finishing in-flight requests");
+/// Resolves on Ctrl-C or SIGTERM, then logs that shutdown began.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let signal = shutdown_signal_quiet();
+    async move {
+        signal.await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
 }
 
-/// Resolves on Ctrl-C or SIGTERM, silently.
-pub async fn shutdown_signal_quiet() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM, silently. The handlers are installed by
+/// this call, not when the future is first polled: until they are, SIGTERM
+/// still kills the process outright, so a signal sent as soon as the caller
+/// has announced itself (a supervisor, a test) would skip the drain.
+pub fn shutdown_signal_quiet() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn recv(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                () = recv(interrupt) => {},
+                () = recv(terminate) => {},
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -261,6 +261,26 @@ async fn unreachable_gateway_is_a_clear_error(backend: Backend) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `simverify serve` running?"));
 }
 
+/// A supervisor may send SIGTERM the moment the gateway says it is ready;
+/// the gateway must already be listening for it and drain, not die of the
+/// signal's default action.
+async fn sigterm_as_soon_as_ready_is_a_clean_stop(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = db.dir.path().join("data");
+    let (mut server, _, log, _) = start_server(&mut serve_demo(&dir, &db));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.0.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "the gateway ended with {status}:\n{log}");
+    assert!(log.contains("shutdown requested"), "{log}");
+}
+
 /// `simverify serve` on the demo data (200 people), on a free port.
 fn serve_demo(data_dir: &Path, db: &TestDb) -> Command {
     let mut c = simverify(data_dir, db);
@@ -495,14 +515,19 @@ async fn answers_survive_a_killed_gateway(backend: Backend) {
             .unwrap()
             .success()
     );
-    assert!(server.0.wait().unwrap().success());
-    drop(log);
+    let status = server.0.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(
+        status.success(),
+        "the restarted gateway ended with {status}:\n{log}"
+    );
     let (out, _) = run_ok(simverify(&dir, &db).args(["audit", "verify"]));
     assert!(out.contains("audit log intact: 200 records"), "{out}");
 }
 
 both_backends!(
     answers_survive_a_killed_gateway,
+    sigterm_as_soon_as_ready_is_a_clean_stop,
     certificates_reload_on_sighup,
     import_reports_bad_rows_and_is_idempotent,
     a_file_without_required_columns_is_refused,

@@ -337,8 +337,9 @@ async fn run_job(cfg: &Config, a: RunArgs) -> Result<(), CliError> {
     let progress = Progress::new(a.quiet, total, out.cp.rows_done);
 
     let (cancel_tx, mut cancel) = watch::channel(false);
+    let signal = crate::cli::serve::shutdown_signal_quiet();
     let signals = tokio::spawn(async move {
-        crate::cli::serve::shutdown_signal_quiet().await;
+        signal.await;
         let _ = cancel_tx.send(true);
     });
 
