@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -155,6 +156,10 @@ pub struct AuditSection {
     /// Records durable in the journal but not yet indexed before answers
     /// wait for the indexer.
     pub max_backlog: u64,
+    /// How far behind the answers (seconds) indexing into the store may
+    /// fall while it yields the CPU to a burst of requests; past it, it
+    /// catches up at full speed. 0: never yield.
+    pub max_index_lag_secs: u64,
     /// How long a stopping gateway keeps indexing its journal; what is left
     /// is indexed at the next start.
     pub drain_secs: u64,
@@ -166,6 +171,7 @@ impl Default for AuditSection {
             commit: AuditCommit::Journal,
             journal_dir: None,
             max_backlog: 5_000_000,
+            max_index_lag_secs: 10,
             drain_secs: 60,
         }
     }
@@ -440,6 +446,7 @@ impl Config {
                         .unwrap_or_else(|| self.data_dir.join("audit-journal")),
                 );
                 j.max_backlog = self.audit.max_backlog;
+                j.max_lag = Duration::from_secs(self.audit.max_index_lag_secs);
                 crate::audit::CommitMode::Journal(j)
             }
         }

@@ -82,9 +82,14 @@ pub struct JournalConfig {
     /// Records per store transaction when indexing at full speed.
     pub index_batch: usize,
     /// Share of the time the indexer may work while answers are being
-    /// journaled (and the backlog is below half its limit): indexing yields
-    /// the CPU to answering during bursts and catches up when they end.
+    /// journaled: indexing yields the CPU to answering during bursts and
+    /// catches up at full speed when they end, when it has fallen
+    /// `max_lag` behind, when the backlog passes half its limit, or when an
+    /// audit read is waiting for it.
     pub busy_share: f64,
+    /// How far behind (the age of the oldest record not yet in the store,
+    /// at most) indexing may fall while yielding.
+    pub max_lag: Duration,
 }
 
 impl JournalConfig {
@@ -94,7 +99,8 @@ impl JournalConfig {
             segment_bytes: 64 << 20,
             max_backlog: 5_000_000,
             index_batch: 20_000,
-            busy_share: 0.2,
+            busy_share: 0.05,
+            max_lag: Duration::from_secs(10),
         }
     }
 }
@@ -113,6 +119,11 @@ struct Shared {
     /// When the writer last made records durable, in µs since `epoch`.
     last_append_us: std::sync::atomic::AtomicU64,
     epoch: Instant,
+    /// Audit reads waiting for the indexer to catch up; while there are
+    /// any, it does not yield.
+    readers: std::sync::atomic::AtomicUsize,
+    /// Wakes a yielding indexer when a reader starts waiting.
+    reader_came: tokio::sync::Notify,
 }
 
 /// The writer counts as busy this long after its last append.
@@ -229,6 +240,8 @@ impl Journal {
             segments: Mutex::new(opened.segments),
             last_append_us: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
+            readers: std::sync::atomic::AtomicUsize::new(0),
+            reader_came: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -252,6 +265,7 @@ impl Journal {
             batch: cfg.index_batch,
             busy_share: cfg.busy_share.clamp(0.01, 1.0),
             eager_above: cfg.max_backlog / 2,
+            max_lag: cfg.max_lag,
         };
         let indexer = tokio::spawn(index(store, shared.clone(), policy, writer_thread));
         Ok((Self { tx, shared }, JournalTasks { indexer }))
@@ -287,6 +301,12 @@ impl Journal {
     pub async fn synced(&self, limit: Duration) -> bool {
         let target = *self.shared.durable.borrow();
         let mut indexed = self.shared.indexed.subscribe();
+        if *indexed.borrow() >= target {
+            return true;
+        }
+        // Someone is waiting for the store to be current: the indexer stops
+        // yielding until this read is done.
+        let _waiting = ReaderWaiting::new(&self.shared);
         tokio::time::timeout(limit, indexed.wait_for(|i| *i >= target))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -734,13 +754,60 @@ impl Reader {
     }
 }
 
-/// Moves durable records into the store until the writer has stopped and
-/// everything it wrote is indexed. Store errors are retried: the records
-/// stay safe in the journal meanwhile.
+/// Counts an audit read waiting for the indexer while it lives.
+struct ReaderWaiting<'a>(&'a Shared);
+
+impl<'a> ReaderWaiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared
+            .readers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        shared.reader_came.notify_one();
+        Self(shared)
+    }
+}
+
+impl Drop for ReaderWaiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .readers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// When the indexer yields to answering and when it runs at full speed.
 struct IndexPolicy {
     batch: usize,
     busy_share: f64,
     eager_above: u64,
+    max_lag: Duration,
+}
+
+/// How the indexer takes its next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// A small batch, then a pause: answers are being journaled.
+    Yield,
+    /// Full batches, no pause.
+    Full,
+}
+
+impl IndexPolicy {
+    /// `behind_for` is how long ago the indexer was last caught up: every
+    /// record not yet indexed was written since, so it bounds their age.
+    ///
+    /// Yielding while answers arrive makes a burst cheaper to answer, and
+    /// the deferred records are then indexed in full batches, which cost
+    /// less per record. The lag bound is what keeps yielding from leaving
+    /// auditors behind under steady load: it turns into a sawtooth of at
+    /// most `max_lag`, at the same total indexing work.
+    fn pace(&self, busy: bool, backlog: u64, behind_for: Duration, readers: usize) -> Pace {
+        if busy && readers == 0 && backlog < self.eager_above && behind_for < self.max_lag {
+            Pace::Yield
+        } else {
+            Pace::Full
+        }
+    }
 }
 
 async fn index(
@@ -757,9 +824,11 @@ async fn index(
     });
     let mut indexed = *shared.indexed.borrow();
     let mut failures = 0u32;
+    let mut caught_up_at = Instant::now();
     loop {
         let durable = *durable_rx.borrow_and_update();
         if durable == indexed {
+            caught_up_at = Instant::now();
             // An error means the writer has stopped: nothing more will come.
             if durable_rx.changed().await.is_err() && *durable_rx.borrow() == indexed {
                 break;
@@ -767,9 +836,13 @@ async fn index(
             continue;
         }
         // While answers are being journaled, index in small steps with
-        // pauses, so a burst is answered at full speed; catch up when it
-        // ends, or at once if the backlog grows past half its limit.
-        let yielding = shared.busy() && durable - indexed < policy.eager_above;
+        // pauses, so a burst is answered at full speed (see `IndexPolicy`).
+        let yielding = policy.pace(
+            shared.busy(),
+            durable - indexed,
+            caught_up_at.elapsed(),
+            shared.readers.load(std::sync::atomic::Ordering::SeqCst),
+        ) == Pace::Yield;
         let batch = if yielding {
             (policy.batch / 10).max(1)
         } else {
@@ -808,7 +881,11 @@ async fn index(
                 if yielding {
                     let worked = started.elapsed().as_secs_f64();
                     let pause = worked * (1.0 - policy.busy_share) / policy.busy_share;
-                    tokio::time::sleep(Duration::from_secs_f64(pause.min(2.0))).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs_f64(pause.min(2.0))) => {}
+                        // An audit read is waiting: stop pausing.
+                        () = shared.reader_came.notified() => {}
+                    }
                 }
             }
             Err(e) => {
@@ -1061,6 +1138,89 @@ mod tests {
             }
         }
         panic!("the journal stayed locked");
+    }
+
+    #[test]
+    fn indexing_yields_only_to_a_burst_within_its_bounds() {
+        let p = IndexPolicy {
+            batch: 100,
+            busy_share: 0.05,
+            eager_above: 1000,
+            max_lag: Duration::from_secs(10),
+        };
+        let young = Duration::from_secs(3);
+        assert_eq!(p.pace(true, 10, young, 0), Pace::Yield);
+        // The burst is over, or has gone on too long, or grew too large.
+        assert_eq!(p.pace(false, 10, young, 0), Pace::Full);
+        assert_eq!(p.pace(true, 10, Duration::from_secs(10), 0), Pace::Full);
+        assert_eq!(p.pace(true, 1000, young, 0), Pace::Full);
+        // An auditor is waiting for the store.
+        assert_eq!(p.pace(true, 10, young, 1), Pace::Full);
+    }
+
+    /// Keeps the writer busy (an append every few milliseconds) until dropped.
+    struct Traffic(tokio::task::JoinHandle<()>);
+
+    impl Traffic {
+        fn start(j: &Journal) -> Self {
+            let j = j.clone();
+            Self(tokio::spawn(async move {
+                for i in 1_000_000.. {
+                    j.append(&[record(i)], None).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }))
+        }
+    }
+
+    impl Drop for Traffic {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    /// A yielding indexer: steps of 10 records, then pauses 99 times as long
+    /// (up to 2 s), and no lag bound unless a test sets one.
+    fn yielding(dir: &Path) -> JournalConfig {
+        JournalConfig {
+            index_batch: 100,
+            busy_share: 0.01,
+            max_lag: Duration::from_secs(3600),
+            ..config(dir)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_audit_read_ends_the_yield() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let (j, _tasks) = Journal::open(s.clone(), yielding(dir.path()))
+            .await
+            .unwrap();
+        let _traffic = Traffic::start(&j);
+        append_all(&j, 0, 2000).await;
+        // Yielding, 2,000 records would take minutes to index.
+        assert!(j.backlog() > 1000, "backlog {}", j.backlog());
+        assert!(j.synced(Duration::from_secs(20)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexing_falls_behind_a_burst_by_at_most_the_lag_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let cfg = JournalConfig {
+            max_lag: Duration::from_millis(300),
+            ..yielding(dir.path())
+        };
+        let (j, _tasks) = Journal::open(s.clone(), cfg).await.unwrap();
+        let _traffic = Traffic::start(&j);
+        append_all(&j, 0, 2000).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Not `synced`: a waiting reader would end the yield by itself.
+        while j.backlog() > 100 {
+            assert!(Instant::now() < deadline, "backlog {}", j.backlog());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
