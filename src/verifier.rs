@@ -218,7 +218,7 @@ impl Verifier {
             &item,
             Some((&probe.lookup_key, &probe.msisdn_hash)),
             verdict,
-            started,
+            Stamp::of(started),
         );
         let answer = answer_of(&record, Vec::new());
         check_deadline(deadline)?;
@@ -280,18 +280,21 @@ impl Verifier {
 
         let mut records = Vec::with_capacity(items.len());
         let mut answers = Vec::with_capacity(items.len());
+        // The batch is answered as one: one time and latency for all its
+        // records (two clock reads per item were 2% of a warm stream).
+        let stamp = Stamp::of(started);
         for (item, p) in items.iter().zip(parsed) {
             let (record, violations) = match p {
                 Ok(probe) => {
                     let verdict = decide(&probe, found[&probe.lookup_key].as_ref());
                     let keys = Some((&probe.lookup_key, &probe.msisdn_hash));
                     (
-                        self.audit_record(caller, job_id, item, keys, verdict, started),
+                        self.audit_record(caller, job_id, item, keys, verdict, stamp),
                         Vec::new(),
                     )
                 }
                 Err(v) => (
-                    self.audit_record(caller, job_id, item, None, Verdict::invalid(), started),
+                    self.audit_record(caller, job_id, item, None, Verdict::invalid(), stamp),
                     v,
                 ),
             };
@@ -310,13 +313,12 @@ impl Verifier {
         item: &Item<'_>,
         keys: Option<(&LookupKey, &crate::domain::MsisdnHash)>,
         verdict: Verdict,
-        started: Instant,
+        stamp: Stamp,
     ) -> AuditRecord {
         let valid = keys.is_some();
-        let recorded_at = clock::now_micros();
         AuditRecord {
-            audit_id: new_audit_id(recorded_at),
-            recorded_at,
+            audit_id: new_audit_id(stamp.recorded_at),
+            recorded_at: stamp.recorded_at,
             caller: caller.to_owned(),
             request_id: if valid {
                 item.raw.request_id.to_owned()
@@ -335,6 +337,23 @@ impl Verifier {
             key_id: self.inner.hasher.key_id(),
             verdict,
             mirror_version: self.mirror_version(),
+            latency_us: stamp.latency_us,
+        }
+    }
+}
+
+/// When an answer was recorded, and how long it took since its request
+/// arrived.
+#[derive(Clone, Copy)]
+struct Stamp {
+    recorded_at: i64,
+    latency_us: u32,
+}
+
+impl Stamp {
+    fn of(started: Instant) -> Self {
+        Self {
+            recorded_at: clock::now_micros(),
             latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
         }
     }
