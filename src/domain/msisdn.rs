@@ -135,7 +135,13 @@ impl Msisdn {
 
     /// The national prefix as dialled, e.g. "098".
     pub fn national_prefix(&self) -> String {
-        format!("0{}{}", self.nsn[0] as char, self.nsn[1] as char)
+        String::from_utf8_lossy(&self.dialled_prefix()).into_owned()
+    }
+
+    /// [`national_prefix`](Self::national_prefix) without an allocation:
+    /// ASCII digits.
+    pub fn dialled_prefix(&self) -> [u8; 3] {
+        [b'0', self.nsn[0], self.nsn[1]]
     }
 
     pub fn prefix_carrier(&self) -> PrefixCarrier {

@@ -114,15 +114,20 @@ impl Tally {
         if !v.recommended_action.is_empty() {
             bump(&mut r.recommended_actions, v.recommended_action);
         }
-        let (prefix, carrier) = match Msisdn::parse(v.msisdn) {
-            Ok(m) => (m.national_prefix(), m.prefix_carrier().as_str()),
-            Err(_) => ("invalid".to_owned(), "-"),
+        let parsed = Msisdn::parse(v.msisdn).ok();
+        let dialled = parsed.as_ref().map(Msisdn::dialled_prefix);
+        let (prefix, carrier) = match (&dialled, &parsed) {
+            (Some(p), Some(m)) => (
+                std::str::from_utf8(p).unwrap_or("invalid"),
+                m.prefix_carrier().as_str(),
+            ),
+            _ => ("invalid", "-"),
         };
-        match r.msisdn_prefixes.get_mut(&prefix) {
+        match r.msisdn_prefixes.get_mut(prefix) {
             Some(entry) => entry.rows += 1,
             None => {
                 r.msisdn_prefixes.insert(
-                    prefix,
+                    prefix.to_owned(),
                     PrefixCount {
                         carrier: carrier.into(),
                         rows: 1,
