@@ -13,8 +13,9 @@
 //! - unary Verify at several concurrencies, cache warm [unary];
 //! - VerifyStream with several batch sizes, cache cold [stream, cold] then
 //!   warm [stream, warm];
-//! - `simverify batch run` over the subscriber file: the cleanup client
-//!   with its CSV, validation, output and checkpoints [batch];
+//! - the `simverify batch run` binary over the subscriber file: the cleanup
+//!   client with its CSV, validation, output and checkpoints, in a process
+//!   of its own [batch];
 //!
 //! each against the echo [echo], then the gateway on SQLite [sqlite] and on
 //! PostgreSQL [postgres]. After every gateway scenario the run waits for the
@@ -448,7 +449,8 @@ async fn stream(
     run_of(lat, items, elapsed)
 }
 
-/// Runs `simverify batch run` in-process over `input`; returns rows/s.
+/// Runs the `simverify batch run` binary over `input`, as an operator
+/// would: its own process and runtime beside the server's; returns rows/s.
 async fn batch_run(
     pki: &Pki,
     addr: std::net::SocketAddr,
@@ -457,7 +459,6 @@ async fn batch_run(
     rows: u64,
 ) -> f64 {
     let argv: Vec<String> = vec![
-        "simverify".into(),
         "batch".into(),
         "run".into(),
         "--quiet".into(),
@@ -478,10 +479,22 @@ async fn batch_run(
         "--key".into(),
         pki.file("carrier-a.key").display().to_string(),
     ];
-    let cli = simverify::cli::Cli::try_parse_from(argv).unwrap();
     let t = Instant::now();
-    simverify::cli::run(cli).await.expect("batch run");
-    rows as f64 / t.elapsed().as_secs_f64()
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_simverify"))
+            .args(&argv)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let elapsed = t.elapsed();
+    assert!(
+        out.status.success(),
+        "batch run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rows as f64 / elapsed.as_secs_f64()
 }
 
 fn read_requests(path: &Path, max: usize, purpose: pb::Purpose) -> Vec<pb::VerifyRequest> {
