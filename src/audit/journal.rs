@@ -44,6 +44,37 @@ const META_FILE: &str = "JOURNAL";
 const LOCK_FILE: &str = "LOCK";
 const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
+/// CRC-32C of a frame body. x86-64 CPUs since 2008 compute it in hardware
+/// (SSE 4.2), eight bytes per instruction; the table version was 2% of a
+/// warm stream's CPU, paid once when a record is journaled and once when it
+/// is indexed.
+fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU was just found to have SSE 4.2, the only feature
+        // `crc32c_sse42` requires.
+        return unsafe { crc32c_sse42(data) };
+    }
+    CRC.checksum(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let (words, rest) = data.as_chunks::<8>();
+    let mut crc = u64::from(u32::MAX);
+    for w in words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(*w));
+    }
+    // The instruction leaves the 32-bit CRC in the low half.
+    let mut crc = crc as u32;
+    for &b in rest {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("audit journal {dir}: {source}")]
@@ -167,7 +198,7 @@ pub fn encode_records(records: &[AuditRecord], out: &mut Vec<u8>) {
         r.encode_body(out);
         let body = &out[at + FRAME_LEN..];
         let len = body.len() as u32;
-        let crc = CRC.checksum(body);
+        let crc = crc32c(body);
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         out[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
     }
@@ -547,7 +578,7 @@ fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, FrameError>
         std::io::ErrorKind::UnexpectedEof => FrameError::Damaged("a record is cut short"),
         _ => FrameError::Io(e),
     })?;
-    if CRC.checksum(body) != crc {
+    if crc32c(body) != crc {
         return Err(FrameError::Damaged("a record's checksum does not match"));
     }
     Ok(true)
@@ -1138,6 +1169,15 @@ mod tests {
             }
         }
         panic!("the journal stayed locked");
+    }
+
+    proptest::proptest! {
+        /// Journals written with the table CRC read back with the hardware
+        /// one, and the other way round.
+        #[test]
+        fn the_hardware_crc_is_the_table_crc(data in proptest::collection::vec(0u8.., 0..600)) {
+            proptest::prop_assert_eq!(crc32c(&data), CRC.checksum(&data));
+        }
     }
 
     #[test]
