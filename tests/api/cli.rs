@@ -124,6 +124,28 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Sends `signal` (e.g. `-HUP`) to the gateway.
+    fn signal(&self, signal: &str) {
+        assert!(
+            Command::new("kill")
+                .args([signal, &self.0.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// SIGTERM, then the gateway must exit 0; returns its log.
+    fn stop(&mut self, log: std::thread::JoinHandle<String>) -> String {
+        self.signal("-TERM");
+        let status = self.0.wait().unwrap();
+        let log = log.join().unwrap();
+        assert!(status.success(), "the gateway ended with {status}:\n{log}");
+        log
+    }
+}
+
 async fn serve_verify_and_stop(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = db.dir.path().join("data");
@@ -195,17 +217,7 @@ async fn serve_verify_and_stop(backend: Backend) {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("id_number: 9-digit CMND"));
 
     // SIGTERM: graceful stop with exit 0.
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.0.wait().unwrap();
-    assert!(status.success(), "exit status {status}");
-    let log = log.join().unwrap();
+    let log = server.stop(log);
     assert!(log.contains("gateway stopped"), "{log}");
     for secret in [person[0], person[1], person[2]] {
         assert!(!log.contains(secret), "log holds {secret:?}:\n{log}");
@@ -268,16 +280,7 @@ async fn sigterm_as_soon_as_ready_is_a_clean_stop(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = db.dir.path().join("data");
     let (mut server, _, log, _) = start_server(&mut serve_demo(&dir, &db));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.0.wait().unwrap();
-    let log = log.join().unwrap();
-    assert!(status.success(), "the gateway ended with {status}:\n{log}");
+    let log = server.stop(log);
     assert!(log.contains("shutdown requested"), "{log}");
 }
 
@@ -373,14 +376,7 @@ async fn certificates_reload_on_sighup(backend: Backend) {
     std::fs::write(&tls.key, key).unwrap();
     std::fs::write(&tls.client_ca, &new_ca.cert_pem).unwrap();
     let new_id = pki.client_with(&new_ca, "carrier-a-new", uri, pki.validity);
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("-HUP");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let l = lines
@@ -409,15 +405,7 @@ async fn certificates_reload_on_sighup(backend: Backend) {
     );
     fresh.verify(req).await.unwrap();
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(server.0.wait().unwrap().success());
-    drop(log.join());
+    server.stop(log);
 }
 
 /// The durability promise end to end, on the real binary: every answer a
@@ -508,19 +496,7 @@ async fn answers_survive_a_killed_gateway(backend: Backend) {
     want.sort();
     assert_eq!(got, want, "every answered audit_id exactly once");
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.0.wait().unwrap();
-    let log = log.join().unwrap();
-    assert!(
-        status.success(),
-        "the restarted gateway ended with {status}:\n{log}"
-    );
+    server.stop(log);
     let (out, _) = run_ok(simverify(&dir, &db).args(["audit", "verify"]));
     assert!(out.contains("audit log intact: 200 records"), "{out}");
 }
