@@ -841,6 +841,9 @@ impl IndexPolicy {
     }
 }
 
+/// Moves durable records into the store until the writer has stopped and
+/// everything it wrote is indexed, pacing itself by [`IndexPolicy`]. Store
+/// errors are retried: the records stay safe in the journal meanwhile.
 async fn index(
     store: Store,
     shared: Arc<Shared>,
