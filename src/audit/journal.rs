@@ -832,8 +832,8 @@ impl IndexPolicy {
     /// less per record. The lag bound is what keeps yielding from leaving
     /// auditors behind under steady load: it turns into a sawtooth of at
     /// most `max_lag`, at the same total indexing work.
-    fn pace(&self, busy: bool, backlog: u64, behind_for: Duration, readers: usize) -> Pace {
-        if busy && readers == 0 && backlog < self.eager_above && behind_for < self.max_lag {
+    fn pace(&self, busy: bool, backlog: u64, behind_for: Duration, reader_waits: bool) -> Pace {
+        if busy && !reader_waits && backlog < self.eager_above && behind_for < self.max_lag {
             Pace::Yield
         } else {
             Pace::Full
@@ -875,7 +875,7 @@ async fn index(
             shared.busy(),
             durable - indexed,
             caught_up_at.elapsed(),
-            shared.readers.load(std::sync::atomic::Ordering::SeqCst),
+            shared.readers.load(std::sync::atomic::Ordering::SeqCst) > 0,
         ) == Pace::Yield;
         let batch = if yielding {
             (policy.batch / 10).max(1)
@@ -1192,13 +1192,13 @@ mod tests {
             max_lag: Duration::from_secs(10),
         };
         let young = Duration::from_secs(3);
-        assert_eq!(p.pace(true, 10, young, 0), Pace::Yield);
+        assert_eq!(p.pace(true, 10, young, false), Pace::Yield);
         // The burst is over, or has gone on too long, or grew too large.
-        assert_eq!(p.pace(false, 10, young, 0), Pace::Full);
-        assert_eq!(p.pace(true, 10, Duration::from_secs(10), 0), Pace::Full);
-        assert_eq!(p.pace(true, 1000, young, 0), Pace::Full);
+        assert_eq!(p.pace(false, 10, young, false), Pace::Full);
+        assert_eq!(p.pace(true, 10, Duration::from_secs(10), false), Pace::Full);
+        assert_eq!(p.pace(true, 1000, young, false), Pace::Full);
         // An auditor is waiting for the store.
-        assert_eq!(p.pace(true, 10, young, 1), Pace::Full);
+        assert_eq!(p.pace(true, 10, young, true), Pace::Full);
     }
 
     /// Keeps the writer busy (an append every few milliseconds) until dropped.

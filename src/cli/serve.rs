@@ -188,8 +188,15 @@ pub fn shutdown_signal_quiet() -> impl Future<Output = ()> + Send + 'static {
                 None => std::future::pending().await,
             }
         }
-        let interrupt = signal(SignalKind::interrupt()).ok();
-        let terminate = signal(SignalKind::terminate()).ok();
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, signal = name, "cannot listen for the signal; it will not stop the process cleanly");
+                })
+                .ok()
+        };
+        let interrupt = install(SignalKind::interrupt(), "SIGINT");
+        let terminate = install(SignalKind::terminate(), "SIGTERM");
         async move {
             tokio::select! {
                 () = recv(interrupt) => {},

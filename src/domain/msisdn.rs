@@ -133,14 +133,9 @@ impl Msisdn {
         &self.nsn
     }
 
-    /// The national prefix as dialled, e.g. "098".
-    pub fn national_prefix(&self) -> String {
-        String::from_utf8_lossy(&self.dialled_prefix()).into_owned()
-    }
-
-    /// [`national_prefix`](Self::national_prefix) without an allocation:
-    /// ASCII digits.
-    pub fn dialled_prefix(&self) -> [u8; 3] {
+    /// The national prefix as dialled, e.g. `b"098"`: three ASCII digits,
+    /// without an allocation (the cleanup report counts one per row).
+    pub fn national_prefix(&self) -> [u8; 3] {
         [b'0', self.nsn[0], self.nsn[1]]
     }
 
@@ -201,8 +196,8 @@ mod tests {
             PrefixCarrier::Itel
         );
         assert_eq!(
-            Msisdn::parse("0871234567").unwrap().national_prefix(),
-            "087"
+            &Msisdn::parse("0871234567").unwrap().national_prefix(),
+            b"087"
         );
     }
 

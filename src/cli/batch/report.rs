@@ -114,14 +114,12 @@ impl Tally {
         if !v.recommended_action.is_empty() {
             bump(&mut r.recommended_actions, v.recommended_action);
         }
-        let parsed = Msisdn::parse(v.msisdn).ok();
-        let dialled = parsed.as_ref().map(Msisdn::dialled_prefix);
-        let (prefix, carrier) = match (&dialled, &parsed) {
-            (Some(p), Some(m)) => (
-                std::str::from_utf8(p).unwrap_or("invalid"),
-                m.prefix_carrier().as_str(),
-            ),
-            _ => ("invalid", "-"),
+        let parsed = Msisdn::parse(v.msisdn)
+            .ok()
+            .map(|m| (m.national_prefix(), m.prefix_carrier().as_str()));
+        let (prefix, carrier) = match &parsed {
+            Some((p, carrier)) => (std::str::from_utf8(p).expect("ASCII digits"), *carrier),
+            None => ("invalid", "-"),
         };
         match r.msisdn_prefixes.get_mut(prefix) {
             Some(entry) => entry.rows += 1,
