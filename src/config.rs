@@ -160,6 +160,10 @@ pub struct AuditSection {
     /// fall while it yields the CPU to a burst of requests; past it, it
     /// catches up at full speed. 0: never yield.
     pub max_index_lag_secs: u64,
+    /// While the gateway's CPU is saturated, journal group commits begin at
+    /// most once per this many microseconds, so that more answers share
+    /// each fsync. 0: each begins as soon as the previous one is durable.
+    pub busy_group_interval_us: u64,
     /// How long a stopping gateway keeps indexing its journal; what is left
     /// is indexed at the next start.
     pub drain_secs: u64,
@@ -172,6 +176,7 @@ impl Default for AuditSection {
             journal_dir: None,
             max_backlog: 5_000_000,
             max_index_lag_secs: 10,
+            busy_group_interval_us: 1000,
             drain_secs: 60,
         }
     }
@@ -331,6 +336,12 @@ impl Config {
                 "must be at least 10000",
             ));
         }
+        if self.audit.busy_group_interval_us > 100_000 {
+            return Err(ConfigError::new(
+                "audit.busy_group_interval_us",
+                "must be at most 100000 (every answer may wait this long for its fsync)",
+            ));
+        }
         if s.checkpoint_secs == 0 {
             return Err(ConfigError::new(
                 "server.checkpoint_secs",
@@ -447,6 +458,7 @@ impl Config {
                 );
                 j.max_backlog = self.audit.max_backlog;
                 j.max_lag = Duration::from_secs(self.audit.max_index_lag_secs);
+                j.busy_group_interval = Duration::from_micros(self.audit.busy_group_interval_us);
                 crate::audit::CommitMode::Journal(j)
             }
         }
@@ -545,6 +557,32 @@ mod tests {
             daily_quota: None,
         });
         assert_eq!(c.validate().unwrap_err().key, "principals[0].rate_per_sec");
+        let c = Config::load(
+            None,
+            env(&[("SIMVERIFY__AUDIT__BUSY_GROUP_INTERVAL_US", "250000")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "audit.busy_group_interval_us"
+        );
+    }
+
+    #[test]
+    fn the_busy_group_interval_reaches_the_journal() {
+        let interval = |vars: &[(&str, &str)]| {
+            let c = Config::load(None, env(vars)).unwrap();
+            c.validate().unwrap();
+            match c.audit_commit_mode() {
+                crate::audit::CommitMode::Journal(j) => j.busy_group_interval,
+                other => panic!("not the journal: {other:?}"),
+            }
+        };
+        assert_eq!(interval(&[]), Duration::from_millis(1));
+        assert_eq!(
+            interval(&[("SIMVERIFY__AUDIT__BUSY_GROUP_INTERVAL_US", "0")]),
+            Duration::ZERO
+        );
     }
 
     #[test]
