@@ -1342,9 +1342,11 @@ mod tests {
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Short polls: the runtime publishes a worker's busy
-                        // time every few dozen polls.
-                        let until = Instant::now() + Duration::from_micros(10);
+                        // Polls of 0.2 ms: the runtime publishes a worker's
+                        // busy time only every few dozen polls, so with 1 ms
+                        // polls whole windows read as idle; 10 µs polls also
+                        // read below the mark here.
+                        let until = Instant::now() + Duration::from_micros(200);
                         while Instant::now() < until {
                             std::hint::spin_loop();
                         }
