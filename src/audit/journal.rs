@@ -288,7 +288,13 @@ impl Journal {
             len: opened.tail_len,
             segment_bytes: cfg.segment_bytes,
             max_backlog: cfg.max_backlog,
-            pacer: GroupPacer::new(cfg.busy_group_interval, Instant::now()),
+            // Counted from now: the runtime's busy time before the journal
+            // opened says nothing about the load it will see.
+            pacer: GroupPacer::new(
+                cfg.busy_group_interval,
+                Instant::now(),
+                workers_busy(&tokio::runtime::Handle::current().metrics()).0,
+            ),
             _lock: opened.lock,
         };
         let rt = tokio::runtime::Handle::current();
@@ -635,11 +641,12 @@ struct GroupPacer {
 }
 
 impl GroupPacer {
-    fn new(interval: Duration, now: Instant) -> Self {
+    /// `busy` is the workers' total busy time at `now`.
+    fn new(interval: Duration, now: Instant, busy: Duration) -> Self {
         Self {
             interval,
             window_began: now,
-            busy_then: Duration::ZERO,
+            busy_then: busy,
             saturated: false,
             last_group: None,
         }
@@ -702,9 +709,9 @@ impl Writer {
                 );
                 let _ = rt.block_on(indexed.wait_for(|i| durable.saturating_sub(*i) < limit));
             }
-            self.pacer
-                .observe(Instant::now(), || workers_busy(&metrics));
-            let wait = self.pacer.wait(Instant::now());
+            let now = Instant::now();
+            self.pacer.observe(now, || workers_busy(&metrics));
+            let wait = self.pacer.wait(now);
             if !wait.is_zero() {
                 // Whatever arrives meanwhile joins this group.
                 std::thread::sleep(wait);
@@ -1301,7 +1308,7 @@ mod tests {
         let ms = Duration::from_millis;
         let us = Duration::from_micros;
         let t0 = Instant::now();
-        let mut p = GroupPacer::new(ms(1), t0);
+        let mut p = GroupPacer::new(ms(1), t0, Duration::ZERO);
         p.group_began(t0);
         // A quarter busy: the next group begins at once.
         p.observe(t0 + ms(20), || (ms(10), 2));
@@ -1318,10 +1325,16 @@ mod tests {
         p.observe(t0 + ms(60), || (ms(58), 2));
         assert_eq!(p.wait(t0 + ms(40)), Duration::ZERO);
         // A zero interval never waits and never reads.
-        let mut off = GroupPacer::new(Duration::ZERO, t0);
+        let mut off = GroupPacer::new(Duration::ZERO, t0, Duration::ZERO);
         off.group_began(t0);
         off.observe(t0 + ms(100), || unreachable!("read while off"));
         assert_eq!(off.wait(t0), Duration::ZERO);
+        // Busy time from before the pacer was made does not count: a
+        // runtime busy for an hour, then idle, is not saturated.
+        let mut late = GroupPacer::new(ms(1), t0, Duration::from_secs(3600));
+        late.group_began(t0);
+        late.observe(t0 + ms(20), || (Duration::from_secs(3600) + ms(4), 2));
+        assert_eq!(late.wait(t0 + us(100)), Duration::ZERO);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
