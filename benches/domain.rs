@@ -146,6 +146,32 @@ fn cache(c: &mut Criterion) {
             }
         })
     });
+    // A warm stream's batch: 1,000 keys looked up one by one, and the same
+    // through `lookup_many`, which reads each step of the lookups ahead.
+    // Keys are computed beforehand, 64 batches of them, so that a batch's
+    // lines are not left in the CPU's caches by the previous iteration.
+    let batches: Vec<Vec<_>> = (0..64u64)
+        .map(|b| {
+            (0..1000u64)
+                .map(|i| key((b * 1000 + i) * 7919 % (N / 2)))
+                .collect()
+        })
+        .collect();
+    let mut turn = 0usize;
+    g.bench_function("hit_batch_one_by_one", |b| {
+        b.iter(|| {
+            turn = (turn + 1) % batches.len();
+            for k in &batches[turn] {
+                black_box(cache.lookup(k));
+            }
+        })
+    });
+    g.bench_function("hit_batch_lookup_many", |b| {
+        b.iter(|| {
+            turn = (turn + 1) % batches.len();
+            black_box(cache.lookup_many(&batches[turn]));
+        })
+    });
     let mut next = N / 2;
     g.bench_function("insert_miss", |b| {
         b.iter(|| {

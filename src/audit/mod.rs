@@ -68,14 +68,17 @@ impl AuditSink {
 
     /// Returns once `records` are durable. Records still queued when
     /// `deadline` passes are dropped, not written.
+    ///
+    /// The records are borrowed: the journal encodes them where they are,
+    /// and callers then move their strings into the answers.
     pub async fn append(
         &self,
-        records: Vec<AuditRecord>,
+        records: &[AuditRecord],
         deadline: Option<Instant>,
     ) -> Result<(), AuditError> {
         match self {
-            Self::Database(w) => w.append(records, deadline).await,
-            Self::Journal(j) => j.append(&records, deadline).await,
+            Self::Database(w) => w.append(records.to_vec(), deadline).await,
+            Self::Journal(j) => j.append(records, deadline).await,
         }
     }
 
