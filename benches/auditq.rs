@@ -42,9 +42,9 @@ fn record(i: u64, hasher: &KeyedHasher, start_us: i64, span_us: i64, n: u64) -> 
     AuditRecord {
         audit_id: format!("bench-{i:012}"),
         recorded_at: start_us + (span_us as i128 * i as i128 / n as i128) as i64,
-        caller: CARRIERS[(i % 5) as usize].to_owned(),
+        caller: CARRIERS[(i % 5) as usize].into(),
         request_id: format!("req-{i}"),
-        job_id: Some(format!("job-{}", i / 1_000_000)),
+        job_id: Some(format!("job-{}", i / 1_000_000).into()),
         purpose: Purpose::Cleanup,
         consent_ref: None,
         lookup_key: Some(hasher.lookup_key(&id)),

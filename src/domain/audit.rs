@@ -1,6 +1,8 @@
 //! The audit record: who verified whom (keyed hashes), when, why, and with
 //! what outcome. Plain data; persistence lives in `store`, batching in `audit`.
 
+use std::sync::Arc;
+
 use super::hashing::{LookupKey, MsisdnHash};
 use super::request::Purpose;
 use super::verdict::{Decision, FieldResult, NameTier, Reasons, RecommendedAction, Verdict};
@@ -12,9 +14,11 @@ pub struct AuditRecord {
     /// Unix microseconds when the answer was decided.
     pub recorded_at: i64,
     /// The authenticated principal (never a value the client wrote in a field).
-    pub caller: String,
+    /// Shared: every record of a batch has the same one.
+    pub caller: Arc<str>,
     pub request_id: String,
-    pub job_id: Option<String>,
+    /// Shared, like `caller`.
+    pub job_id: Option<Arc<str>>,
     pub purpose: Purpose,
     pub consent_ref: Option<String>,
     /// `None` when the request was invalid before an ID could be parsed.
@@ -91,9 +95,9 @@ impl AuditRecord {
         let rec = AuditRecord {
             audit_id: r.string("audit_id")?,
             recorded_at: i64::from_be_bytes(r.array("recorded_at")?),
-            caller: r.string("caller")?,
+            caller: r.string("caller")?.into(),
             request_id: r.string("request_id")?,
-            job_id: r.opt_string("job_id")?,
+            job_id: r.opt_string("job_id")?.map(Into::into),
             purpose: Purpose::from_i16(r.i16("purpose")?).ok_or(RecordDecodeError("purpose"))?,
             consent_ref: r.opt_string("consent_ref")?,
             lookup_key: r.opt_array("lookup_key")?.map(LookupKey),
@@ -218,7 +222,7 @@ mod tests {
             recorded_at: 1_790_000_000_123_456,
             caller: "carrier-a".into(),
             request_id: "req-1".into(),
-            job_id: job.map(str::to_owned),
+            job_id: job.map(Into::into),
             purpose: Purpose::Cleanup,
             consent_ref: None,
             lookup_key: keys.then_some(LookupKey([7; 32])),
@@ -276,7 +280,7 @@ mod tests {
         ) {
             let mut r = record(job.as_deref(), keys);
             r.audit_id = id;
-            r.caller = caller;
+            r.caller = caller.into();
             r.request_id = req;
             r.consent_ref = consent;
             r.recorded_at = at;

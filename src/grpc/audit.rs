@@ -173,9 +173,9 @@ pub fn record_to_pb(r: AuditRecord) -> pb::AuditRecord {
     pb::AuditRecord {
         audit_id: r.audit_id,
         recorded_at: Some(timestamp(r.recorded_at)),
-        caller: r.caller,
+        caller: r.caller.to_string(),
         request_id: r.request_id,
-        job_id: r.job_id.unwrap_or_default(),
+        job_id: r.job_id.as_deref().unwrap_or_default().to_owned(),
         purpose: super::convert::purpose_to_pb(r.purpose) as i32,
         consent_ref: r.consent_ref.unwrap_or_default(),
         subject_ref: r.lookup_key.map(|k| hex::encode(k.0)).unwrap_or_default(),

@@ -588,9 +588,9 @@ impl RawAuditRow {
         Ok(AuditRecord {
             audit_id: self.audit_id,
             recorded_at: self.recorded_at,
-            caller: self.caller,
+            caller: self.caller.into(),
             request_id: self.request_id,
-            job_id: self.job_id,
+            job_id: self.job_id.map(Into::into),
             purpose: Purpose::from_i16(small(self.purpose, "purpose")?)
                 .ok_or(StoreError::Corrupt("purpose"))?,
             consent_ref: self.consent_ref,

@@ -255,9 +255,9 @@ impl SqliteStore {
                 next += 1;
                 b.push_bind(a.audit_id.clone())
                     .push_bind(a.recorded_at)
-                    .push_bind(a.caller.clone())
+                    .push_bind(a.caller.to_string())
                     .push_bind(a.request_id.clone())
-                    .push_bind(a.job_id.clone())
+                    .push_bind(a.job_id.as_deref().map(str::to_owned))
                     .push_bind(i64::from(a.purpose.as_i16()))
                     .push_bind(a.consent_ref.clone())
                     .push_bind(a.lookup_key.map(|k| k.0.to_vec()))

@@ -61,7 +61,7 @@ async fn carrier_verifies_and_is_audited_as_itself(backend: Backend) {
     assert_eq!(r.decision(), Decision::Verified);
     app.synced().await;
     let rec = app.store.audit_by_id(&r.audit_id).await.unwrap().unwrap();
-    assert_eq!(rec.caller, "carrier-a");
+    assert_eq!(&*rec.caller, "carrier-a");
     app.stop().await;
 }
 

@@ -106,6 +106,6 @@ async fn python_grpcio_client_over_mtls() {
         .await
         .unwrap()
         .expect("audited");
-    assert_eq!(rec.caller, "python-carrier");
+    assert_eq!(&*rec.caller, "python-carrier");
     app.stop().await;
 }

@@ -139,7 +139,7 @@ async fn audit_round_trips(backend: Backend) {
             recorded_at: 1_700_000_000_000_000 + i,
             caller: "carrier-a".into(),
             request_id: format!("r{i}"),
-            job_id: (i % 2 == 0).then(|| "job".to_owned()),
+            job_id: (i % 2 == 0).then(|| "job".into()),
             purpose: Purpose::Cleanup,
             consent_ref: None,
             lookup_key: (i % 3 != 0).then(|| person("001190012345", "A", 1).0),

@@ -365,7 +365,7 @@ async fn answers_are_audited(backend: Backend, commit_to_database: bool) {
             .unwrap()
             .expect("audit record exists");
         assert_eq!(rec.request_id, request_id);
-        assert_eq!(rec.caller, "dev-carrier");
+        assert_eq!(&*rec.caller, "dev-carrier");
         assert_eq!(rec.purpose, simverify::domain::Purpose::Activation);
         assert_eq!(rec.consent_ref.as_deref(), Some("consent-42"));
         assert!(rec.lookup_key.is_some() && rec.msisdn_hash.is_some());
