@@ -95,9 +95,9 @@ impl AuditRecord {
         let rec = AuditRecord {
             audit_id: r.string("audit_id")?,
             recorded_at: i64::from_be_bytes(r.array("recorded_at")?),
-            caller: r.string("caller")?.into(),
+            caller: r.opt_shared("caller")?.ok_or(RecordDecodeError("caller"))?,
             request_id: r.string("request_id")?,
-            job_id: r.opt_string("job_id")?.map(Into::into),
+            job_id: r.opt_shared("job_id")?,
             purpose: Purpose::from_i16(r.i16("purpose")?).ok_or(RecordDecodeError("purpose"))?,
             consent_ref: r.opt_string("consent_ref")?,
             lookup_key: r.opt_array("lookup_key")?.map(LookupKey),
@@ -156,18 +156,23 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn opt_string(&mut self, what: &'static str) -> Result<Option<String>, RecordDecodeError> {
+    fn opt_str(&mut self, what: &'static str) -> Result<Option<&'a str>, RecordDecodeError> {
         self.opt_bytes(what)?
-            .map(|b| {
-                std::str::from_utf8(b)
-                    .map(str::to_owned)
-                    .map_err(|_| RecordDecodeError(what))
-            })
+            .map(|b| std::str::from_utf8(b).map_err(|_| RecordDecodeError(what)))
             .transpose()
+    }
+
+    fn opt_string(&mut self, what: &'static str) -> Result<Option<String>, RecordDecodeError> {
+        Ok(self.opt_str(what)?.map(str::to_owned))
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, RecordDecodeError> {
         self.opt_string(what)?.ok_or(RecordDecodeError(what))
+    }
+
+    /// Straight into a shared string: no `String` on the way.
+    fn opt_shared(&mut self, what: &'static str) -> Result<Option<Arc<str>>, RecordDecodeError> {
+        Ok(self.opt_str(what)?.map(Arc::from))
     }
 
     fn opt_array<const N: usize>(
