@@ -126,7 +126,15 @@ pub struct JournalConfig {
     /// [`GroupPacer`]). Zero: each group begins as soon as the previous
     /// one is durable.
     pub busy_group_interval: Duration,
+    /// Where the writer reads the workers' busy time: the runtime's own
+    /// metrics. Tests replace it, since how busy a shared machine lets a
+    /// test's runtime be is not up to the test.
+    #[cfg(test)]
+    pub(crate) read_busy: BusyReading,
 }
+
+/// Reads the tokio workers' total busy time and their number.
+pub(crate) type BusyReading = fn(&tokio::runtime::RuntimeMetrics) -> (Duration, usize);
 
 impl JournalConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -138,6 +146,8 @@ impl JournalConfig {
             busy_share: 0.05,
             max_lag: Duration::from_secs(10),
             busy_group_interval: Duration::from_millis(1),
+            #[cfg(test)]
+            read_busy: workers_busy,
         }
     }
 }
@@ -281,6 +291,10 @@ impl Journal {
             reader_came: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(4096);
+        #[cfg(test)]
+        let read_busy = cfg.read_busy;
+        #[cfg(not(test))]
+        let read_busy: BusyReading = workers_busy;
         let writer = Writer {
             shared: shared.clone(),
             durable: durable_tx,
@@ -293,8 +307,9 @@ impl Journal {
             pacer: GroupPacer::new(
                 cfg.busy_group_interval,
                 Instant::now(),
-                workers_busy(&tokio::runtime::Handle::current().metrics()).0,
+                read_busy(&tokio::runtime::Handle::current().metrics()).0,
             ),
+            read_busy,
             _lock: opened.lock,
         };
         let rt = tokio::runtime::Handle::current();
@@ -605,6 +620,7 @@ struct Writer {
     segment_bytes: u64,
     max_backlog: u64,
     pacer: GroupPacer,
+    read_busy: BusyReading,
     /// Held for the life of the writer: one process per journal.
     _lock: File,
 }
@@ -710,7 +726,7 @@ impl Writer {
                 let _ = rt.block_on(indexed.wait_for(|i| durable.saturating_sub(*i) < limit));
             }
             let now = Instant::now();
-            self.pacer.observe(now, || workers_busy(&metrics));
+            self.pacer.observe(now, || (self.read_busy)(&metrics));
             let wait = self.pacer.wait(now);
             if !wait.is_zero() {
                 // Whatever arrives meanwhile joins this group.
@@ -1337,55 +1353,57 @@ mod tests {
         assert_eq!(late.wait(t0 + us(100)), Duration::ZERO);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_saturated_runtime_spaces_group_commits() {
+    /// A runtime whose two workers are busy all the time, whatever the
+    /// machine lets this test's threads do.
+    fn saturated(_: &tokio::runtime::RuntimeMetrics) -> (Duration, usize) {
+        static SINCE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        (SINCE.get_or_init(Instant::now).elapsed() * 2, 2)
+    }
+
+    /// A runtime whose workers never work.
+    fn idle(_: &tokio::runtime::RuntimeMetrics) -> (Duration, usize) {
+        (Duration::ZERO, 2)
+    }
+
+    async fn six_appends(read_busy: BusyReading, interval: Duration) -> Duration {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), "a.db").await;
-        let interval = Duration::from_millis(40);
         let cfg = JournalConfig {
             busy_group_interval: interval,
+            read_busy,
             ..config(dir.path())
         };
         let (j, _tasks) = Journal::open(s.clone(), cfg).await.unwrap();
-        // Both workers busy all the time (this test's own body runs on the
-        // test thread, not on a worker).
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinners: Vec<_> = (0..2)
-            .map(|_| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Polls of 0.2 ms: the runtime publishes a worker's
-                        // busy time only every few dozen polls, so with 1 ms
-                        // polls whole windows read as idle; 10 µs polls also
-                        // read below the mark here.
-                        let until = Instant::now() + Duration::from_micros(200);
-                        while Instant::now() < until {
-                            std::hint::spin_loop();
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                })
-            })
-            .collect();
-        // Let sampling windows see them.
+        // Let sampling windows pass.
         j.append(&[record(0)], None).await.unwrap();
-        tokio::time::sleep(SATURATION_WINDOW * 5).await;
+        tokio::time::sleep(SATURATION_WINDOW * 3).await;
         j.append(&[record(1)], None).await.unwrap();
         let t = Instant::now();
         for i in 2..8 {
             j.append(&[record(i)], None).await.unwrap();
         }
-        let took = t.elapsed();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for s in spinners {
-            s.await.unwrap();
-        }
+        t.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saturated_runtime_spaces_group_commits() {
+        // The writer reads the workers' busy time through `read_busy`; how
+        // the policy reads real runtimes is `groups_are_spaced_only_while_
+        // the_workers_are_saturated`'s subject. Measured against real
+        // spinning tasks, this test failed whenever other tests held the
+        // cores.
+        let interval = Duration::from_millis(40);
+        let took = six_appends(saturated, interval).await;
         // Six groups, each begun at least `interval` after the one before.
-        // The first of them began after `t`, but the one before it (record
-        // 1's) began before `t`, so only the five gaps after the first are
-        // certain to fall inside `took`.
+        // The first of them began after the clock started, but the one
+        // before it (record 1's) began before, so only the five gaps after
+        // the first are certain to fall inside `took`.
         assert!(took >= interval * 5, "six appends took {took:?}");
+        // Unsaturated, nothing waits for the interval. Were the interval
+        // applied, the six would take at least 25 s.
+        let interval = Duration::from_secs(5);
+        let took = six_appends(idle, interval).await;
+        assert!(took < interval, "six appends took {took:?}");
     }
 
     /// Keeps the writer busy (an append every few milliseconds) until dropped.
