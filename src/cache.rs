@@ -190,20 +190,19 @@ impl SlotRecords {
         self.index.push(index_entry(&key.0, offset));
     }
 
-    /// The packed bytes a lookup of `key` reads first: those of the first
-    /// record whose index tag matches.
-    fn candidate(&self, key: &[u8; 32]) -> Option<&[u8]> {
-        let tag = u64::from(tag(key));
-        let e = self.index.iter().find(|&&e| e >> 32 == tag)?;
-        self.bytes.get(*e as u32 as usize..)
-    }
-
-    fn find(&self, key: &[u8; 32]) -> Option<Packed<'_>> {
+    /// The packed bytes from each record whose index tag matches `key`'s,
+    /// in order: the records a lookup of `key` reads.
+    fn candidates<'s>(&'s self, key: &[u8; 32]) -> impl Iterator<Item = &'s [u8]> + 's {
         let tag = u64::from(tag(key));
         self.index
             .iter()
-            .filter(|&&e| e >> 32 == tag)
-            .filter_map(|&e| Records(self.bytes.get(e as u32 as usize..)?).next())
+            .filter(move |&&e| e >> 32 == tag)
+            .filter_map(|&e| self.bytes.get(e as u32 as usize..))
+    }
+
+    fn find(&self, key: &[u8; 32]) -> Option<Packed<'_>> {
+        self.candidates(key)
+            .filter_map(|b| Records(b).next())
             .find(|r| r.key() == key)
     }
 }
@@ -488,7 +487,7 @@ impl MirrorCache {
             }
             for k in group {
                 if let Some(slot) = self.state(self.bucket_of(k)).current().as_ref()
-                    && let Some(bytes) = slot.read().candidate(&k.0)
+                    && let Some(bytes) = slot.read().candidates(&k.0).next()
                 {
                     prefetch_slice(&bytes[..bytes.len().min(READ_AHEAD)]);
                 }

@@ -129,7 +129,6 @@ pub struct JournalConfig {
     /// Where the writer reads the workers' busy time: the runtime's own
     /// metrics. Tests replace it, since how busy a shared machine lets a
     /// test's runtime be is not up to the test.
-    #[cfg(test)]
     pub(crate) read_busy: BusyReading,
 }
 
@@ -146,7 +145,6 @@ impl JournalConfig {
             busy_share: 0.05,
             max_lag: Duration::from_secs(10),
             busy_group_interval: Duration::from_millis(1),
-            #[cfg(test)]
             read_busy: workers_busy,
         }
     }
@@ -291,10 +289,6 @@ impl Journal {
             reader_came: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(4096);
-        #[cfg(test)]
-        let read_busy = cfg.read_busy;
-        #[cfg(not(test))]
-        let read_busy: BusyReading = workers_busy;
         let writer = Writer {
             shared: shared.clone(),
             durable: durable_tx,
@@ -307,9 +301,9 @@ impl Journal {
             pacer: GroupPacer::new(
                 cfg.busy_group_interval,
                 Instant::now(),
-                read_busy(&tokio::runtime::Handle::current().metrics()).0,
+                (cfg.read_busy)(&tokio::runtime::Handle::current().metrics()).0,
             ),
-            read_busy,
+            read_busy: cfg.read_busy,
             _lock: opened.lock,
         };
         let rt = tokio::runtime::Handle::current();

@@ -188,7 +188,7 @@ impl VerificationService {
     /// Answers an admitted batch.
     async fn answer_batch(
         &self,
-        carrier: &str,
+        carrier: &Arc<str>,
         batch: pb::VerifyBatch,
         started: Instant,
         deadline: Option<Instant>,
