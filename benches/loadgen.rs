@@ -449,15 +449,46 @@ async fn stream(
     run_of(lat, items, elapsed)
 }
 
+/// CPU seconds so far of this process (the server under test runs in it)
+/// and of its children that have been waited for (the batch clients), from
+/// `/proc/self/stat`.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split(' ')
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // USER_HZ: fixed at 100 by the Linux ABI whatever the kernel's tick.
+    let tick = 100.0;
+    match f.as_slice() {
+        [ut, st, cut, cst] => ((ut + st) / tick, (cut + cst) / tick),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// One `simverify batch run`: its rows/s, and CPU time per row of the
+/// server and of the client while it ran. Machines of this kind vary in
+/// speed hour to hour; CPU per row on both sides says which side a change
+/// moved, and by how much, better than rows/s alone.
+struct BatchRun {
+    rows_per_s: f64,
+    server_us_per_row: f64,
+    client_us_per_row: f64,
+}
+
 /// Runs the `simverify batch run` binary over `input`, as an operator
-/// would: its own process and runtime beside the server's; returns rows/s.
+/// would: its own process and runtime beside the server's.
 async fn batch_run(
     pki: &Pki,
     addr: std::net::SocketAddr,
     input: &Path,
     out: &Path,
     rows: u64,
-) -> f64 {
+) -> BatchRun {
     let argv: Vec<String> = vec![
         "batch".into(),
         "run".into(),
@@ -479,9 +510,14 @@ async fn batch_run(
         "--key".into(),
         pki.file("carrier-a.key").display().to_string(),
     ];
+    let cpu0 = cpu_seconds();
     let t = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_simverify"))
+        // LOADGEN_SIMVERIFY runs another build of the client (an A/B of
+        // client changes against one and the same server).
+        let bin = std::env::var_os("LOADGEN_SIMVERIFY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_simverify").into());
+        std::process::Command::new(bin)
             .args(&argv)
             .output()
             .unwrap()
@@ -489,12 +525,18 @@ async fn batch_run(
     .await
     .unwrap();
     let elapsed = t.elapsed();
+    let cpu1 = cpu_seconds();
     assert!(
         out.status.success(),
         "batch run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    rows as f64 / elapsed.as_secs_f64()
+    let per_row = |s: f64| s * 1e6 / rows as f64;
+    BatchRun {
+        rows_per_s: rows as f64 / elapsed.as_secs_f64(),
+        server_us_per_row: per_row(cpu1.0 - cpu0.0),
+        client_us_per_row: per_row(cpu1.1 - cpu0.1),
+    }
 }
 
 fn read_requests(path: &Path, max: usize, purpose: pb::Purpose) -> Vec<pb::VerifyRequest> {
@@ -795,7 +837,7 @@ async fn run(args: Args) {
     // Rows: (scenario, backend label, Run, indexed-after).
     let mut unary_rows: Vec<(String, String, Run)> = Vec::new();
     let mut stream_rows: Vec<(String, String, Run, Option<After>)> = Vec::new();
-    let mut batch_rows: Vec<(String, f64, Option<After>)> = Vec::new();
+    let mut batch_rows: Vec<(String, BatchRun, Option<After>)> = Vec::new();
 
     if args.wants(&["echo", "unary"]) {
         for shape in UNARY_SHAPES {
@@ -924,17 +966,20 @@ async fn run(args: Args) {
     if !batch_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
-            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | indexed after s | cache hits % |"
+            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | server CPU µs/row | client CPU µs/row | indexed after s | cache hits % |"
         ));
-        report.line("|---|---:|---:|---:|---:|");
+        report.line("|---|---:|---:|---:|---:|---:|---:|");
         let echo = batch_rows
             .iter()
             .find(|(w, _, _)| w == "bare tonic echo")
-            .map(|b| b.1);
+            .map(|b| b.1.rows_per_s);
         for (who, r, ix) in &batch_rows {
             report.line(format!(
-                "| {who} | {r:.0} | {} | {} |",
-                echo.map_or("–".into(), |e| format!("{:.2}", r / e)),
+                "| {who} | {:.0} | {} | {:.2} | {:.2} | {} |",
+                r.rows_per_s,
+                echo.map_or("–".into(), |e| format!("{:.2}", r.rows_per_s / e)),
+                r.server_us_per_row,
+                r.client_us_per_row,
                 After::cells(ix)
             ));
         }

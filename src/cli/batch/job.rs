@@ -24,6 +24,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::report::{OUTPUT_COLUMNS, RowView, Tally};
+use super::wire::{BatchEncoder, EncodedBatch, RequestFields};
 use crate::cli::CliError;
 use crate::domain::{CitizenId, RawRequest, Sex, VerifyInput};
 use crate::grpc::convert;
@@ -171,38 +172,86 @@ impl Checkpoint {
 }
 
 /// Groups lines of one person without writing the ID: a fingerprint salted
-/// with the job id.
-pub fn id_ref(job_id: &str, id: &CitizenId) -> String {
+/// with the job id (the first 8 bytes of a SHA-256).
+pub fn id_ref(job_id: &str, id: &CitizenId) -> u64 {
     let mut h = Sha256::new();
     h.update(b"simverify id_ref\0");
     h.update(job_id.as_bytes());
     h.update([0]);
     h.update(id.as_bytes());
-    hex::encode(&h.finalize()[..8])
+    let digest = h.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes"))
+}
+
+/// The `id_ref` column: 16 hex digits, or empty for rows without a valid ID.
+fn id_ref_text(id_ref: Option<u64>, buf: &mut [u8; 16]) -> &str {
+    match id_ref {
+        Some(fp) => {
+            hex::encode_to_slice(fp.to_be_bytes(), buf).expect("16 hex digits for 8 bytes");
+            std::str::from_utf8(buf).expect("hex is ASCII")
+        }
+        None => "",
+    }
 }
 
 enum Entry {
-    /// Refused locally: written without asking the gateway.
+    /// Refused locally: written without asking the gateway. Rare, so it
+    /// keeps its own strings.
     Local {
         row: u64,
         msisdn: String,
         request_id: String,
         error: String,
-        id_ref: String,
+        id_ref: Option<u64>,
     },
-    /// Sent; its answer comes back in the chunk's batch result.
+    /// Sent; its answer comes back in the chunk's batch result. Its text is
+    /// in the chunk's `text`, so a chunk's rows are a few contiguous
+    /// allocations rather than several scattered ones per row, which the
+    /// answers (arriving a window later, on another thread) read cold.
     Remote {
         row: u64,
-        msisdn: String,
-        request_id: String,
-        id_ref: String,
+        msisdn: std::ops::Range<usize>,
+        /// The input's own request id; `None` when derived from the row.
+        request_id: Option<std::ops::Range<usize>>,
+        id_ref: Option<u64>,
     },
+}
+
+impl Entry {
+    fn row(&self) -> u64 {
+        match self {
+            Entry::Local { row, .. } | Entry::Remote { row, .. } => *row,
+        }
+    }
+}
+
+/// The request id the CLI derives for a row of an input without them.
+fn derived_request_id(job_id: &str, row: u64) -> String {
+    format!("{job_id}-{row}")
+}
+
+/// Whether `id` is the derived request id of `row`, without building it.
+fn is_derived_request_id(id: &str, job_id: &str, row: u64) -> bool {
+    id.strip_prefix(job_id)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|n| n == itoa::Buffer::new().format(row))
 }
 
 struct Chunk {
     seq: u64,
     entries: Vec<Entry>,
-    batch: Option<pb::VerifyBatch>,
+    /// The remote entries' msisdns and request ids.
+    text: String,
+    /// The requests to send, until they are sent.
+    batch: Option<EncodedBatch>,
+    /// Whether the gateway owes this chunk an answer.
+    remote: bool,
+}
+
+impl Chunk {
+    fn text(&self, r: &std::ops::Range<usize>) -> &str {
+        &self.text[r.clone()]
+    }
 }
 
 pub struct JobSpec {
@@ -300,7 +349,9 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
     // batch_seq only needs to be unique within one stream.
     let mut seq = 0u64;
     let mut entries = Vec::with_capacity(spec.batch_size);
-    let mut requests = Vec::with_capacity(spec.batch_size);
+    let mut kept = String::new();
+    let new_batch = |seq: u64| BatchEncoder::new(seq, &spec.job_id, spec.batch_size * 128);
+    let mut batch = new_batch(seq + 1);
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(true) => {}
@@ -324,21 +375,25 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
                 None => std::str::from_utf8(rec.get(i).unwrap_or_default()).ok(),
             }
         };
-        let msisdn_raw = match text(cols.msisdn) {
-            Some(m) => m.to_owned(),
-            None => String::from_utf8_lossy(rec.get(cols.msisdn).unwrap_or_default()).into_owned(),
+        let own_request_id = cols.request_id.and_then(text).filter(|r| !r.is_empty());
+        let derived_id;
+        let request_id = match own_request_id {
+            Some(r) => r,
+            None => {
+                derived_id = derived_request_id(&spec.job_id, row);
+                derived_id.as_str()
+            }
         };
-        let request_id = match cols.request_id.and_then(text) {
-            Some(r) if !r.is_empty() => r.to_owned(),
-            _ => format!("{}-{row}", spec.job_id),
-        };
-        // Each branch below moves the row's strings into its one entry.
         macro_rules! local {
             ($error:expr, $id_ref:expr) => {
                 Entry::Local {
                     row,
-                    msisdn: msisdn_raw,
-                    request_id,
+                    msisdn: match text(cols.msisdn) {
+                        Some(m) => m.to_owned(),
+                        None => String::from_utf8_lossy(rec.get(cols.msisdn).unwrap_or_default())
+                            .into_owned(),
+                    },
+                    request_id: request_id.to_owned(),
                     error: $error,
                     id_ref: $id_ref,
                 }
@@ -351,7 +406,7 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
                     rec.len(),
                     cols.count
                 ),
-                String::new()
+                None
             )
         } else {
             match (
@@ -362,15 +417,13 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
                 text(cols.sex),
             ) {
                 (Some(msisdn), Some(id), Some(name), Some(dob), Some(sex)) => {
-                    let id_ref = CitizenId::parse(id)
-                        .map(|i| id_ref(&spec.job_id, &i))
-                        .unwrap_or_default();
+                    let id_ref = CitizenId::parse(id).ok().map(|i| id_ref(&spec.job_id, &i));
                     let sex_claim = match sex.trim() {
                         "" => Ok(None),
                         s => Sex::parse(s).map(Some).ok_or(()),
                     };
                     let raw = RawRequest {
-                        request_id: &request_id,
+                        request_id,
                         msisdn,
                         id_number: id,
                         full_name: name,
@@ -386,41 +439,40 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
                         errors.push("sex: must be M or F [BAD_SEX]".into());
                     }
                     if errors.is_empty() {
-                        requests.push(pb::VerifyRequest {
-                            request_id: request_id.clone(),
-                            msisdn: msisdn_raw.clone(),
-                            id_number: id.to_owned(),
-                            full_name: name.to_owned(),
-                            date_of_birth: dob.to_owned(),
+                        batch.push(&RequestFields {
+                            request_id,
+                            msisdn,
+                            id_number: id,
+                            full_name: name,
+                            date_of_birth: dob,
                             sex: convert::sex_to_pb(raw.sex) as i32,
                             purpose: pb::Purpose::Cleanup as i32,
-                            consent_ref: None,
                         });
+                        let mut keep = |s: &str| {
+                            kept.push_str(s);
+                            kept.len() - s.len()..kept.len()
+                        };
                         Entry::Remote {
                             row,
-                            msisdn: msisdn_raw,
-                            request_id,
+                            msisdn: keep(msisdn),
+                            request_id: own_request_id.map(keep),
                             id_ref,
                         }
                     } else {
                         local!(errors.join("; "), id_ref)
                     }
                 }
-                _ => local!(
-                    "row: is not valid UTF-8 [INVALID_UTF8]".into(),
-                    String::new()
-                ),
+                _ => local!("row: is not valid UTF-8 [INVALID_UTF8]".into(), None),
             }
         };
         entries.push(entry);
         if entries.len() == spec.batch_size {
             seq += 1;
-            let chunk = make_chunk(
+            let chunk = Chunk::new(
                 seq,
-                &spec.job_id,
-                &mut entries,
-                &mut requests,
-                spec.batch_size,
+                std::mem::replace(&mut entries, Vec::with_capacity(spec.batch_size)),
+                std::mem::take(&mut kept),
+                std::mem::replace(&mut batch, new_batch(seq + 1)),
             );
             if tx.blocking_send(Ok(chunk)).is_err() {
                 return;
@@ -428,33 +480,20 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
         }
     }
     if !entries.is_empty() {
-        let chunk = make_chunk(
-            seq + 1,
-            &spec.job_id,
-            &mut entries,
-            &mut requests,
-            spec.batch_size,
-        );
-        let _ = tx.blocking_send(Ok(chunk));
+        let _ = tx.blocking_send(Ok(Chunk::new(seq + 1, entries, kept, batch)));
     }
 }
 
-fn make_chunk(
-    seq: u64,
-    job_id: &str,
-    entries: &mut Vec<Entry>,
-    requests: &mut Vec<pb::VerifyRequest>,
-    cap: usize,
-) -> Chunk {
-    let batch = (!requests.is_empty()).then(|| pb::VerifyBatch {
-        batch_seq: seq,
-        job_id: job_id.to_owned(),
-        requests: std::mem::replace(requests, Vec::with_capacity(cap)),
-    });
-    Chunk {
-        seq,
-        entries: std::mem::replace(entries, Vec::with_capacity(cap)),
-        batch,
+impl Chunk {
+    fn new(seq: u64, entries: Vec<Entry>, text: String, batch: BatchEncoder) -> Self {
+        let remote = batch.len() > 0;
+        Chunk {
+            seq,
+            entries,
+            text,
+            batch: remote.then(|| batch.finish()),
+            remote,
+        }
     }
 }
 
@@ -558,8 +597,10 @@ impl Output {
         msisdn: &str,
         request_id: &str,
         error: &str,
-        id_ref: &str,
+        id_ref: Option<u64>,
     ) -> Result<(), CliError> {
+        let mut ref_s = [0; 16];
+        let id_ref_s = id_ref_text(id_ref, &mut ref_s);
         let mut row_s = itoa::Buffer::new();
         self.write(&[
             row_s.format(row),
@@ -576,7 +617,7 @@ impl Output {
             "INVALID_INPUT",
             "",
             error,
-            id_ref,
+            id_ref_s,
         ])?;
         self.tally.add(&RowView {
             row,
@@ -595,9 +636,11 @@ impl Output {
         &mut self,
         row: u64,
         msisdn: &str,
-        id_ref: &str,
+        id_ref: Option<u64>,
         r: &pb::VerifyResponse,
     ) -> Result<(), CliError> {
+        let mut ref_s = [0; 16];
+        let id_ref_s = id_ref_text(id_ref, &mut ref_s);
         let decision = convert::decision_name(r.decision);
         let tier = if r.name_tier == 0 {
             ""
@@ -634,7 +677,7 @@ impl Output {
             &r.reasons.join(";"),
             &r.audit_id,
             &error,
-            id_ref,
+            id_ref_s,
         ])?;
         self.tally.add(&RowView {
             row,
@@ -691,6 +734,28 @@ fn csv_line(line: &mut Vec<u8>, fields: &[&str]) {
     line.push(b'\n');
 }
 
+/// Opens a VerifyStream call that sends batches already encoded; answers
+/// are decoded as the generated client would.
+async fn verify_stream(
+    channel: tonic::transport::Channel,
+    batches: mpsc::Receiver<EncodedBatch>,
+) -> Result<tonic::Response<tonic::Streaming<pb::VerifyBatchResult>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the gateway is not reachable: {e}")))?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(batches));
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(VERIFICATION_SERVICE, "VerifyStream"));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(VERIFY_STREAM_PATH);
+    let codec = tonic_prost::ProstCodec::<EncodedBatch, pb::VerifyBatchResult>::default();
+    grpc.streaming(request, path, codec).await
+}
+
+const VERIFICATION_SERVICE: &str = "simverify.v1.Verification";
+const VERIFY_STREAM_PATH: &str = "/simverify.v1.Verification/VerifyStream";
+
 /// Runs one attempt: from the checkpoint to the end of the input, or until
 /// something stops it. The output is synced before returning either way.
 pub async fn attempt(
@@ -712,13 +777,8 @@ pub async fn attempt(
     };
     let reader = tokio::task::spawn_blocking(move || read_chunks(&reader_spec, skip, chunk_tx));
 
-    let (batch_tx, batch_rx) = mpsc::channel::<pb::VerifyBatch>(spec.window);
-    let mut client = pb::verification_client::VerificationClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let mut results = match client
-        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(batch_rx))
-        .await
-    {
+    let (batch_tx, batch_rx) = mpsc::channel::<EncodedBatch>(spec.window);
+    let mut results = match verify_stream(channel, batch_rx).await {
         Ok(r) => r.into_inner(),
         Err(s) => return Err(classify(&s)),
     };
@@ -737,7 +797,7 @@ pub async fn attempt(
     }
     let outcome: Result<(), Stop> = 'main: loop {
         // Write every chunk at the head that needs no answer.
-        while pending.front().is_some_and(|c| c.batch.is_none()) {
+        while pending.front().is_some_and(|c| !c.remote) {
             let c = pending.pop_front().expect("checked");
             for e in &c.entries {
                 if let Entry::Local {
@@ -748,14 +808,14 @@ pub async fn attempt(
                     id_ref,
                 } = e
                 {
-                    or_stop!('main, out.local(*row, msisdn, request_id, error, id_ref));
+                    or_stop!('main, out.local(*row, msisdn, request_id, error, *id_ref));
                 }
             }
         }
         if input_done && pending.is_empty() {
             break Ok(());
         }
-        let awaiting = pending.iter().filter(|c| c.batch.is_some()).count();
+        let awaiting = pending.iter().filter(|c| c.remote).count();
         tokio::select! {
             biased;
             _ = cancel.changed() => break Err(Stop::Interrupted),
@@ -767,9 +827,6 @@ pub async fn attempt(
                 Some(Err(e)) => break Err(Stop::Fatal(CliError::Data(e))),
                 Some(Ok(mut chunk)) => {
                     if let Some(batch) = chunk.batch.take() {
-                        // Keep a marker that an answer is due; the requests
-                        // themselves are no longer needed here.
-                        chunk.batch = Some(pb::VerifyBatch { batch_seq: batch.batch_seq, ..Default::default() });
                         let Some(tx) = &batch_tx else { unreachable!("input not done") };
                         if tx.send(batch).await.is_err() {
                             // The call has ended; its status (e.g. a batch the
@@ -794,19 +851,21 @@ pub async fn attempt(
                     for e in &chunk.entries {
                         match e {
                             Entry::Local { row, msisdn, request_id, error, id_ref } => {
-                                or_stop!('main, out.local(*row, msisdn, request_id, error, id_ref));
+                                or_stop!('main, out.local(*row, msisdn, request_id, error, *id_ref));
                             }
                             Entry::Remote { row, msisdn, request_id, id_ref } => {
-                                let Some(a) = answers.next().filter(|a| &a.request_id == request_id) else {
+                                let asked = |a: &&pb::VerifyResponse| match request_id {
+                                    Some(r) => a.request_id == chunk.text(r),
+                                    None => is_derived_request_id(&a.request_id, &spec.job_id, *row),
+                                };
+                                let Some(a) = answers.next().filter(asked) else {
                                     break;
                                 };
-                                or_stop!('main, out.answer(*row, msisdn, id_ref, a));
+                                or_stop!('main, out.answer(*row, chunk.text(msisdn), *id_ref, a));
                             }
                         }
                     }
-                    if out.cp.rows_done != chunk.entries.last().map_or(0, |e| match e {
-                        Entry::Local { row, .. } | Entry::Remote { row, .. } => *row,
-                    }) {
+                    if out.cp.rows_done != chunk.entries.last().map_or(0, Entry::row) {
                         break Err(Stop::Fatal(CliError::Internal(
                             "the gateway's answers do not match the requests sent".into(),
                         )));

@@ -3,6 +3,7 @@
 
 mod job;
 pub mod report;
+mod wire;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

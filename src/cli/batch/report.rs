@@ -84,7 +84,8 @@ pub struct RowView<'a> {
     pub fields: [&'a str; 4],
     pub name_tier: &'a str,
     pub recommended_action: &'a str,
-    pub id_ref: &'a str,
+    /// The `id_ref` column's fingerprint; `None` for rows without a valid ID.
+    pub id_ref: Option<u64>,
 }
 
 /// The report's counts, added to one row at a time: by the job as it
@@ -136,7 +137,7 @@ impl Tally {
         if v.name_tier == "DIACRITICS_ONLY" {
             r.diacritics_only_rows.push(v.row);
         }
-        if let Ok(fp) = u64::from_str_radix(v.id_ref, 16) {
+        if let Some(fp) = v.id_ref {
             self.refs.push((fp, v.row));
         }
     }
@@ -204,7 +205,7 @@ pub fn tally<R: Read>(results: R) -> Result<Tally, ReportError> {
             fields: c_fields.map(|c| &rec[c]),
             name_tier: &rec[c_tier],
             recommended_action: &rec[c_action],
-            id_ref: &rec[c_ref],
+            id_ref: u64::from_str_radix(&rec[c_ref], 16).ok(),
         });
     }
     Ok(t)
