@@ -403,16 +403,18 @@ fn new_audit_id(at_micros: i64) -> String {
         *used += BITS;
         Some(bits)
     });
-    match drawn {
+    let id = match drawn {
         Some(bits) => {
             let millis = u64::try_from(at_micros / 1000).unwrap_or(0);
-            uuid::Builder::from_unix_timestamp_millis(millis, &bits)
-                .into_uuid()
-                .to_string()
+            uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid()
         }
         // The OS would not give randomness now; let uuid ask it again.
-        None => uuid::Uuid::now_v7().to_string(),
-    }
+        None => uuid::Uuid::now_v7(),
+    };
+    // Formatted on the stack and allocated once at its final size:
+    // `to_string` grows a String through `fmt`, two allocations per answer.
+    let mut text = uuid::Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// Hashes lookup keys by their first eight bytes. They are HMAC outputs

@@ -1,5 +1,6 @@
 //! Conversions between protobuf messages and domain values.
 
+use super::wire::RequestText;
 use crate::domain::{Decision, FieldResult, NameTier, Purpose, RawRequest, RecommendedAction, Sex};
 use crate::proto as pb;
 use crate::verifier::{Answer, Item};
@@ -39,7 +40,7 @@ pub fn purpose_to_pb(p: Purpose) -> pb::Purpose {
     }
 }
 
-pub fn item(r: &pb::VerifyRequest, default_purpose: Purpose) -> Item<'_> {
+pub fn item<'a>(r: &'a RequestText<'_>, default_purpose: Purpose) -> Item<'a> {
     Item {
         raw: RawRequest {
             request_id: &r.request_id,

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod status;
 pub mod tls;
 mod verification;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::config::{Config, Role};
-use crate::proto::verification_server::VerificationServer;
+use crate::proto::gateway::verification_server::VerificationServer;
 use crate::store::Store;
 use crate::verifier::{Verifier, VerifierTasks};
 use auth::{Conn, PeerInfo, Principal, PrincipalMap};

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::auth::{self, Principal};
 use super::convert;
 use super::limits::Limits;
+use super::wire::{VerifyBatchIn, VerifyRequestIn};
 use crate::domain::{Purpose, request::is_printable_token};
 use crate::proto as pb;
 use crate::verifier::Verifier;
@@ -57,17 +58,18 @@ pub fn deadline<T>(req: &Request<T>, start: Instant) -> Option<Instant> {
 type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::VerifyBatchResult, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl pb::verification_server::Verification for VerificationService {
+impl pb::gateway::verification_server::Verification for VerificationService {
     async fn verify(
         &self,
-        request: Request<pb::VerifyRequest>,
+        request: Request<VerifyRequestIn>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline(&request, started);
         let principal = auth::principal(&request)?;
         let _permit = self.limits.admit(&principal, 1)?;
         let msg = request.into_inner();
-        let item = convert::item(&msg, Purpose::Activation);
+        let text = msg.text();
+        let item = convert::item(&text, Purpose::Activation);
         let answer = self
             .verifier
             .verify(&principal.carrier_id, item, started, deadline)
@@ -79,7 +81,7 @@ impl pb::verification_server::Verification for VerificationService {
 
     async fn verify_stream(
         &self,
-        request: Request<Streaming<pb::VerifyBatch>>,
+        request: Request<Streaming<VerifyBatchIn>>,
     ) -> Result<Response<Self::VerifyStreamStream>, Status> {
         let deadline = deadline(&request, Instant::now());
         let principal = auth::principal(&request)?;
@@ -167,7 +169,7 @@ impl VerificationService {
     fn admit_batch(
         &self,
         principal: &Principal,
-        batch: &pb::VerifyBatch,
+        batch: &VerifyBatchIn,
     ) -> Result<OwnedSemaphorePermit, Status> {
         if batch.requests.len() > self.max_batch_items {
             return Err(Status::invalid_argument(format!(
@@ -177,7 +179,7 @@ impl VerificationService {
                 self.max_batch_items
             )));
         }
-        if !batch.job_id.is_empty() && !is_printable_token(&batch.job_id, 64) {
+        if !batch.job_id.is_empty() && !batch.job_id().is_some_and(|j| is_printable_token(j, 64)) {
             return Err(Status::invalid_argument(
                 "job_id: must be 1–64 printable ASCII characters",
             ));
@@ -189,15 +191,16 @@ impl VerificationService {
     async fn answer_batch(
         &self,
         carrier: &Arc<str>,
-        batch: pb::VerifyBatch,
+        batch: VerifyBatchIn,
         started: Instant,
         deadline: Option<Instant>,
     ) -> BatchResult {
-        let job_id = Some(batch.job_id.as_str()).filter(|j| !j.is_empty());
-        let items: Vec<_> = batch
-            .requests
+        // Admission refused a job id that is not printable ASCII.
+        let job_id = batch.job_id().filter(|j| !j.is_empty());
+        let texts: Vec<_> = batch.requests.iter().map(VerifyRequestIn::text).collect();
+        let items: Vec<_> = texts
             .iter()
-            .map(|r| convert::item(r, Purpose::Cleanup))
+            .map(|t| convert::item(t, Purpose::Cleanup))
             .collect();
         let answers = self
             .verifier

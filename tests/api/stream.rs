@@ -161,8 +161,135 @@ async fn empty_and_unspecified_purpose_defaults_to_cleanup(backend: Backend) {
     app.stop().await;
 }
 
+/// A request as a client careless of UTF-8 sends it: its text as bytes.
+/// Same field numbers as `VerifyRequest`; on the wire the two are alike.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LooseRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    request_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    msisdn: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    id_number: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    full_name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    date_of_birth: Vec<u8>,
+    #[prost(int32, tag = "6")]
+    sex: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LooseBatch {
+    #[prost(uint64, tag = "1")]
+    batch_seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    job_id: Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    requests: Vec<LooseRequest>,
+}
+
+async fn text_that_is_not_utf8_is_refused_field_by_field(backend: Backend) {
+    use simverify::proto::VerifyResponse;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic_prost::ProstCodec;
+    use tonic_types::StatusExt;
+
+    let app = spawn_app(backend).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let loose = |name: &[u8], n: u32| LooseRequest {
+        request_id: format!("loose-{n}").into_bytes(),
+        msisdn: b"+84 912 345 678".to_vec(),
+        id_number: b"001190012345".to_vec(),
+        full_name: name.to_vec(),
+        date_of_birth: b"1990-05-17".to_vec(),
+        sex: Sex::Female as i32,
+    };
+    // "Nguyễn Thị Minh Khai" with one byte of "Thị" that no UTF-8 has.
+    let good_name = "Nguyễn Thị Minh Khai".as_bytes();
+    let mut bad_name = good_name.to_vec();
+    bad_name[10] = 0xff;
+    assert!(std::str::from_utf8(&bad_name).is_err());
+
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            tonic::Request::new(loose(&bad_name, 1)),
+            PathAndQuery::from_static("/simverify.v1.Verification/Verify"),
+            ProstCodec::<LooseRequest, VerifyResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let details = status.get_error_details();
+    let fields: Vec<&str> = details
+        .bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["full_name"]);
+
+    let stream_path = PathAndQuery::from_static("/simverify.v1.Verification/VerifyStream");
+    let batch = LooseBatch {
+        batch_seq: 1,
+        job_id: b"job-8".to_vec(),
+        requests: vec![loose(&bad_name, 2), loose(good_name, 3)],
+    };
+    grpc.ready().await.unwrap();
+    let out: Vec<VerifyBatchResult> = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter([batch])),
+            stream_path.clone(),
+            ProstCodec::<LooseBatch, VerifyBatchResult>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await
+        .unwrap();
+    let results = &out[0].results;
+    assert_eq!(results[0].request_id, "loose-2");
+    assert_eq!(results[0].decision(), Decision::Invalid);
+    assert_eq!(results[0].violations[0].field, "full_name");
+    assert_eq!(results[1].request_id, "loose-3");
+    assert_eq!(results[1].decision(), Decision::Verified);
+
+    // A job id that is not UTF-8 is refused like any unprintable one.
+    let batch = LooseBatch {
+        batch_seq: 1,
+        job_id: b"job-\xff".to_vec(),
+        requests: vec![loose(good_name, 4)],
+    };
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter([batch])),
+            stream_path,
+            ProstCodec::<LooseBatch, VerifyBatchResult>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("job_id:"), "{}", err.message());
+    app.stop().await;
+}
+
 both_backends!(
     answers_in_order_with_item_errors,
     oversized_batch_ends_the_stream_clearly,
     empty_and_unspecified_purpose_defaults_to_cleanup,
+    text_that_is_not_utf8_is_refused_field_by_field,
 );
