@@ -993,6 +993,13 @@ fn shape_name((c, f): (usize, usize)) -> String {
 
 fn main() {
     let args = Args::parse();
+    // The gateway logs as `simverify serve` does: a subscriber at `info`
+    // decides, for every span and event on the hot path, whether to build it.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     if let [kind, n] = args.memory_probe.as_slice() {
         let n: u64 = n.parse().unwrap();
         let per = match kind.as_str() {
