@@ -999,6 +999,7 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let [kind, n] = args.memory_probe.as_slice() {
         let n: u64 = n.parse().unwrap();
