@@ -144,11 +144,7 @@ impl HeldAudit {
             },
         )
         .await;
-        let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = app.channel().await;
         let blocker = AuditBlocker::hold(&app).await;
         let mut client = VerificationClient::new(channel.clone());
         let first = tokio::spawn(async move { client.verify(khai()).await });
@@ -317,11 +313,7 @@ async fn reflection_lists_services_and_error_details(backend: Backend) {
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
     let app = spawn_app(backend).await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut client = ServerReflectionClient::new(channel);
     let reqs = vec![
         ServerReflectionRequest {
@@ -378,11 +370,7 @@ async fn health_follows_the_store_postgres() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let app = spawn_app(Backend::Postgres).await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut health = HealthClient::new(channel);
     let status = |h: &mut HealthClient<tonic::transport::Channel>| {
         let mut h = h.clone();
@@ -436,13 +424,7 @@ async fn health_follows_the_store_postgres() {
 /// nothing of the cause (no SQL, no table names, no paths).
 async fn internal_errors_leak_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
-    let mut client = VerificationClient::new(
-        tonic::transport::Endpoint::from_shared(app.endpoint())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = VerificationClient::new(app.channel().await);
     // A mirror lookup that fails (the answer would need it: nothing is cached yet).
     let rename = "ALTER TABLE mirror_records RENAME TO mirror_records_gone";
     match app.db.backend {

@@ -187,6 +187,15 @@ impl TestApp {
             .expect("connect")
     }
 
+    /// A plain channel to the app, for clients other than Verification's.
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.endpoint())
+            .expect("valid endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

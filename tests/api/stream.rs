@@ -196,11 +196,7 @@ async fn text_that_is_not_utf8_is_refused_field_by_field(backend: Backend) {
     use tonic_types::StatusExt;
 
     let app = spawn_app(backend).await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut grpc = tonic::client::Grpc::new(channel);
     let loose = |name: &[u8], n: u32| LooseRequest {
         request_id: format!("loose-{n}").into_bytes(),

@@ -425,11 +425,7 @@ async fn health_reports_serving(backend: Backend) {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let app = spawn_app(backend).await;
-    let channel = tonic::transport::Endpoint::from_shared(app.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut health = HealthClient::new(channel);
     let r = health
         .check(HealthCheckRequest {
