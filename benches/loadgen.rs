@@ -453,21 +453,19 @@ async fn stream(
 /// and of its children that have been waited for (the batch clients), from
 /// `/proc/self/stat`.
 fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux)");
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime, stime, cutime and cstime are the 12th to 15th of them.
+    let rest = stat.rsplit_once(") ").expect("a stat line").1;
     let f: Vec<f64> = rest
         .split(' ')
         .skip(11)
         .take(4)
-        .map(|v| v.parse().unwrap_or(0.0))
+        .map(|v| v.parse().expect("a clock-tick count"))
         .collect();
     // USER_HZ: fixed at 100 by the Linux ABI whatever the kernel's tick.
     let tick = 100.0;
-    match f.as_slice() {
-        [ut, st, cut, cst] => ((ut + st) / tick, (cut + cst) / tick),
-        _ => (0.0, 0.0),
-    }
+    ((f[0] + f[1]) / tick, (f[2] + f[3]) / tick)
 }
 
 /// One `simverify batch run`: its rows/s, and CPU time per row of the

@@ -193,9 +193,9 @@ impl Verifier {
     /// inside it is logged (store and audit failures are logged where they
     /// become statuses, outside it), and building it for every request
     /// cost the unary path a few percent of its CPU.
-    #[tracing::instrument(name = "verify", level = "debug", skip_all, fields(caller = %caller))]
     ///
     /// `caller` is the principal's shared id: records hold it, not a copy.
+    #[tracing::instrument(name = "verify", level = "debug", skip_all, fields(caller = %caller))]
     pub async fn verify(
         &self,
         caller: &Arc<str>,

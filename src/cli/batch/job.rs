@@ -24,7 +24,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::report::{OUTPUT_COLUMNS, RowView, Tally};
-use super::wire::{BatchEncoder, EncodedBatch, RequestFields};
+use super::wire::{BatchEncoder, EncodedBatch};
 use crate::cli::CliError;
 use crate::domain::{CitizenId, RawRequest, Sex, VerifyInput};
 use crate::grpc::convert;
@@ -225,9 +225,14 @@ impl Entry {
     }
 }
 
-/// The request id the CLI derives for a row of an input without them.
-fn derived_request_id(job_id: &str, row: u64) -> String {
-    format!("{job_id}-{row}")
+/// The request id the CLI derives for a row of an input without them,
+/// written into `buf` (one buffer for every row of a job).
+fn derived_request_id<'b>(buf: &'b mut String, job_id: &str, row: u64) -> &'b str {
+    buf.clear();
+    buf.push_str(job_id);
+    buf.push('-');
+    buf.push_str(itoa::Buffer::new().format(row));
+    buf
 }
 
 /// Whether `id` is the derived request id of `row`, without building it.
@@ -350,6 +355,7 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
     let mut seq = 0u64;
     let mut entries = Vec::with_capacity(spec.batch_size);
     let mut kept = String::new();
+    let mut derived_id = String::new();
     let new_batch = |seq: u64| BatchEncoder::new(seq, &spec.job_id, spec.batch_size * 128);
     let mut batch = new_batch(seq + 1);
     loop {
@@ -376,13 +382,9 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
             }
         };
         let own_request_id = cols.request_id.and_then(text).filter(|r| !r.is_empty());
-        let derived_id;
         let request_id = match own_request_id {
             Some(r) => r,
-            None => {
-                derived_id = derived_request_id(&spec.job_id, row);
-                derived_id.as_str()
-            }
+            None => derived_request_id(&mut derived_id, &spec.job_id, row),
         };
         macro_rules! local {
             ($error:expr, $id_ref:expr) => {
@@ -439,15 +441,7 @@ fn read_chunks(spec: &JobSpec, skip: u64, tx: mpsc::Sender<Result<Chunk, String>
                         errors.push("sex: must be M or F [BAD_SEX]".into());
                     }
                     if errors.is_empty() {
-                        batch.push(&RequestFields {
-                            request_id,
-                            msisdn,
-                            id_number: id,
-                            full_name: name,
-                            date_of_birth: dob,
-                            sex: convert::sex_to_pb(raw.sex) as i32,
-                            purpose: pb::Purpose::Cleanup as i32,
-                        });
+                        batch.push(&raw, pb::Purpose::Cleanup);
                         let mut keep = |s: &str| {
                             kept.push_str(s);
                             kept.len() - s.len()..kept.len()
@@ -745,15 +739,15 @@ async fn verify_stream(
         .await
         .map_err(|e| tonic::Status::unavailable(format!("the gateway is not reachable: {e}")))?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(batches));
-    request
-        .extensions_mut()
-        .insert(tonic::GrpcMethod::new(VERIFICATION_SERVICE, "VerifyStream"));
+    request.extensions_mut().insert(tonic::GrpcMethod::new(
+        pb::verification_server::SERVICE_NAME,
+        "VerifyStream",
+    ));
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(VERIFY_STREAM_PATH);
     let codec = tonic_prost::ProstCodec::<EncodedBatch, pb::VerifyBatchResult>::default();
     grpc.streaming(request, path, codec).await
 }
 
-const VERIFICATION_SERVICE: &str = "simverify.v1.Verification";
 const VERIFY_STREAM_PATH: &str = "/simverify.v1.Verification/VerifyStream";
 
 /// Runs one attempt: from the checkpoint to the end of the input, or until

@@ -11,6 +11,10 @@
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
+use crate::domain::RawRequest;
+use crate::grpc::convert;
+use crate::proto as pb;
+
 /// `simverify.v1.VerifyBatch` field numbers.
 const BATCH_SEQ: u32 = 1;
 const JOB_ID: u32 = 2;
@@ -24,18 +28,7 @@ const FULL_NAME: u32 = 4;
 const DATE_OF_BIRTH: u32 = 5;
 const SEX: u32 = 6;
 const PURPOSE: u32 = 7;
-
-/// One request's fields, borrowed from the input row.
-pub struct RequestFields<'a> {
-    pub request_id: &'a str,
-    pub msisdn: &'a str,
-    pub id_number: &'a str,
-    pub full_name: &'a str,
-    pub date_of_birth: &'a str,
-    /// `pb::Sex` and `pb::Purpose` values.
-    pub sex: i32,
-    pub purpose: i32,
-}
+const CONSENT_REF: u32 = 8;
 
 /// A `VerifyBatch` being written, request by request.
 pub struct BatchEncoder {
@@ -61,7 +54,8 @@ impl BatchEncoder {
         }
     }
 
-    pub fn push(&mut self, r: &RequestFields<'_>) {
+    /// Appends `r`, the row's fields as read (the gateway parses them).
+    pub fn push(&mut self, r: &RawRequest<'_>, purpose: pb::Purpose) {
         let s = &mut self.scratch;
         s.clear();
         put_str(s, REQUEST_ID, r.request_id);
@@ -69,8 +63,12 @@ impl BatchEncoder {
         put_str(s, ID_NUMBER, r.id_number);
         put_str(s, FULL_NAME, r.full_name);
         put_str(s, DATE_OF_BIRTH, r.date_of_birth);
-        put_enum(s, SEX, r.sex);
-        put_enum(s, PURPOSE, r.purpose);
+        put_enum(s, SEX, convert::sex_to_pb(r.sex) as i32);
+        put_enum(s, PURPOSE, purpose as i32);
+        // An optional field is on the wire whenever it is set, even empty.
+        if let Some(c) = r.consent_ref {
+            put_bytes(s, CONSENT_REF, c);
+        }
         encode_key(REQUESTS, WireType::LengthDelimited, &mut self.buf);
         encode_varint(s.len() as u64, &mut self.buf);
         self.buf.extend_from_slice(s);
@@ -88,21 +86,23 @@ impl BatchEncoder {
 }
 
 fn put_str(buf: &mut Vec<u8>, tag: u32, s: &str) {
-    if s.is_empty() {
-        return;
+    if !s.is_empty() {
+        put_bytes(buf, tag, s);
     }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, tag: u32, s: &str) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(s.len() as u64, buf);
     buf.put_slice(s.as_bytes());
 }
 
+/// Our enums have no negative values, so a varint of the value as is.
 fn put_enum(buf: &mut Vec<u8>, tag: u32, v: i32) {
-    if v == 0 {
-        return;
+    if v != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(v as u64, buf);
     }
-    encode_key(tag, WireType::Varint, buf);
-    // Negative enum values are sign-extended to ten bytes, as for int32.
-    encode_varint(i64::from(v) as u64, buf);
 }
 
 /// A `VerifyBatch` already in its wire form. It is a `prost::Message` only
@@ -138,64 +138,75 @@ impl prost::Message for EncodedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto as pb;
-    use proptest::strategy::Just;
+    use crate::domain::Sex;
+    use proptest::prelude::*;
     use prost::Message;
 
-    fn by_prost(seq: u64, job_id: &str, rows: &[(Vec<String>, i32, i32)]) -> Vec<u8> {
+    type Row = (Vec<String>, Option<Sex>, Option<String>);
+
+    fn raw(r: &Row) -> RawRequest<'_> {
+        let (f, sex, consent_ref) = r;
+        RawRequest {
+            request_id: &f[0],
+            msisdn: &f[1],
+            id_number: &f[2],
+            full_name: &f[3],
+            date_of_birth: &f[4],
+            sex: *sex,
+            consent_ref: consent_ref.as_deref(),
+        }
+    }
+
+    fn by_prost(seq: u64, job_id: &str, rows: &[Row]) -> Vec<u8> {
         pb::VerifyBatch {
             batch_seq: seq,
             job_id: job_id.to_owned(),
             requests: rows
                 .iter()
-                .map(|(f, sex, purpose)| pb::VerifyRequest {
-                    request_id: f[0].clone(),
-                    msisdn: f[1].clone(),
-                    id_number: f[2].clone(),
-                    full_name: f[3].clone(),
-                    date_of_birth: f[4].clone(),
-                    sex: *sex,
-                    purpose: *purpose,
-                    consent_ref: None,
+                .map(|row| {
+                    let r = raw(row);
+                    pb::VerifyRequest {
+                        request_id: r.request_id.to_owned(),
+                        msisdn: r.msisdn.to_owned(),
+                        id_number: r.id_number.to_owned(),
+                        full_name: r.full_name.to_owned(),
+                        date_of_birth: r.date_of_birth.to_owned(),
+                        sex: convert::sex_to_pb(r.sex) as i32,
+                        purpose: pb::Purpose::Cleanup as i32,
+                        consent_ref: r.consent_ref.map(str::to_owned),
+                    }
                 })
                 .collect(),
         }
         .encode_to_vec()
     }
 
-    proptest::proptest! {
+    proptest! {
         /// The gateway must read exactly what prost would have sent: same
-        /// bytes, including empty fields left out and long fields whose
-        /// lengths take more than one varint byte.
+        /// bytes, including empty fields left out, a set but empty optional
+        /// field kept, and long fields whose lengths take more than one
+        /// varint byte.
         #[test]
         fn batches_are_encoded_as_prost_encodes_them(
-            seq in proptest::prop_oneof![Just(0u64), 1u64..200, proptest::num::u64::ANY],
+            seq in prop_oneof![Just(0u64), 1u64..200, proptest::num::u64::ANY],
             job_id in "[ -~]{0,64}",
             rows in proptest::collection::vec(
                 (
                     proptest::collection::vec("\\PC{0,40}|[a-z]{120,200}", 5),
-                    -3i32..5,
-                    0i32..5,
+                    prop_oneof![Just(None), Just(Some(Sex::Male)), Just(Some(Sex::Female))],
+                    proptest::option::of("[ -~]{0,20}"),
                 ),
                 0..20,
             ),
         ) {
             let mut enc = BatchEncoder::new(seq, &job_id, 64);
-            for (f, sex, purpose) in &rows {
-                enc.push(&RequestFields {
-                    request_id: &f[0],
-                    msisdn: &f[1],
-                    id_number: &f[2],
-                    full_name: &f[3],
-                    date_of_birth: &f[4],
-                    sex: *sex,
-                    purpose: *purpose,
-                });
+            for row in &rows {
+                enc.push(&raw(row), pb::Purpose::Cleanup);
             }
-            proptest::prop_assert_eq!(enc.len(), rows.len());
+            prop_assert_eq!(enc.len(), rows.len());
             let encoded = enc.finish();
-            proptest::prop_assert_eq!(encoded.encoded_len(), encoded.0.len());
-            proptest::prop_assert_eq!(encoded.encode_to_vec(), by_prost(seq, &job_id, &rows));
+            prop_assert_eq!(encoded.encoded_len(), encoded.0.len());
+            prop_assert_eq!(encoded.encode_to_vec(), by_prost(seq, &job_id, &rows));
         }
     }
 }
