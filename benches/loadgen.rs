@@ -333,9 +333,13 @@ struct Run {
     p50: Duration,
     p99: Duration,
     p999: Duration,
+    /// CPU time of the PostgreSQL server per request or item over the run
+    /// ([`pg_cpu_seconds`]): the database shares the machine's two cores.
+    postgres_us: f64,
 }
 
-fn run_of(mut lat: Vec<Duration>, items: usize, elapsed: Duration) -> Run {
+/// `pg_cpu` is the database's CPU seconds over the run.
+fn run_of(mut lat: Vec<Duration>, items: usize, elapsed: Duration, pg_cpu: f64) -> Run {
     lat.sort_unstable();
     let q = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -347,22 +351,27 @@ fn run_of(mut lat: Vec<Duration>, items: usize, elapsed: Duration) -> Run {
         p50: q(0.50),
         p99: q(0.99),
         p999: q(0.999),
+        postgres_us: pg_cpu * 1e6 / items.max(1) as f64,
     }
 }
 
 async fn unary(
+    who: &str,
     pki: &Pki,
     addr: std::net::SocketAddr,
     requests: Arc<Vec<pb::VerifyRequest>>,
     (connections, in_flight): (usize, usize),
     secs: u64,
 ) -> Run {
+    // When each run begins, so that a profile can be lined up with it.
+    tracing::info!(who, connections, in_flight, secs, "unary run");
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     let mut channels = Vec::new();
     for _ in 0..connections {
         channels.push(channel(pki, addr).await);
     }
+    let pg0 = pg_cpu_seconds();
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
     for ch in channels {
@@ -386,7 +395,8 @@ async fn unary(
         all.extend(t.await.unwrap());
     }
     let n = all.len();
-    run_of(all, n, started.elapsed())
+    let elapsed = started.elapsed();
+    run_of(all, n, elapsed, pg_cpu_seconds() - pg0)
 }
 
 /// Streams `requests` through VerifyStream in batches of `batch`, with
@@ -413,6 +423,7 @@ async fn stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::VerifyBatch>(STREAM_WINDOW);
     let sent_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
     let window = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW));
+    let pg0 = pg_cpu_seconds();
     let started = Instant::now();
     let feeder = {
         let (sent_at, window) = (sent_at.clone(), window.clone());
@@ -444,9 +455,10 @@ async fn stream(
         }
     }
     let elapsed = started.elapsed();
+    let pg_cpu = pg_cpu_seconds() - pg0;
     feeder.await.unwrap();
     assert_eq!(items, requests.len());
-    run_of(lat, items, elapsed)
+    run_of(lat, items, elapsed, pg_cpu)
 }
 
 /// CPU seconds so far of this process (the server under test runs in it)
@@ -468,6 +480,37 @@ fn cpu_seconds() -> (f64, f64) {
     ((f[0] + f[1]) / tick, (f[2] + f[3]) / tick)
 }
 
+/// CPU seconds used so far by the running PostgreSQL server's processes
+/// (every process named `postgres`): on this machine the database shares the
+/// two cores with the gateway and the client.
+fn pg_cpu_seconds() -> f64 {
+    let mut ticks = 0.0;
+    for entry in std::fs::read_dir("/proc").expect("/proc (Linux)").flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // A process may end between listing and reading: it is skipped.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let f: Vec<f64> = rest
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        ticks += f.iter().sum::<f64>();
+    }
+    ticks / 100.0
+}
+
 /// One `simverify batch run`: its rows/s, and CPU time per row of the
 /// server and of the client while it ran. Machines of this kind vary in
 /// speed hour to hour; CPU per row on both sides says which side a change
@@ -476,6 +519,7 @@ struct BatchRun {
     rows_per_s: f64,
     server_us_per_row: f64,
     client_us_per_row: f64,
+    postgres_us_per_row: f64,
 }
 
 /// Runs the `simverify batch run` binary over `input`, as an operator
@@ -509,6 +553,7 @@ async fn batch_run(
         pki.file("carrier-a.key").display().to_string(),
     ];
     let cpu0 = cpu_seconds();
+    let pg0 = pg_cpu_seconds();
     let t = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         // LOADGEN_SIMVERIFY runs another build of the client (an A/B of
@@ -524,6 +569,7 @@ async fn batch_run(
     .unwrap();
     let elapsed = t.elapsed();
     let cpu1 = cpu_seconds();
+    let pg1 = pg_cpu_seconds();
     assert!(
         out.status.success(),
         "batch run failed: {}",
@@ -534,6 +580,7 @@ async fn batch_run(
         rows_per_s: rows as f64 / elapsed.as_secs_f64(),
         server_us_per_row: per_row(cpu1.0 - cpu0.0),
         client_us_per_row: per_row(cpu1.1 - cpu0.1),
+        postgres_us_per_row: per_row(pg1 - pg0),
     }
 }
 
@@ -833,14 +880,16 @@ async fn run(args: Args) {
     let out = work.join("results.csv");
 
     // Rows: (scenario, backend label, Run, indexed-after).
-    let mut unary_rows: Vec<(String, String, Run)> = Vec::new();
+    // Unary rows carry the echo runs just before and after a gateway run.
+    type Bracket = Option<(Run, Run)>;
+    let mut unary_rows: Vec<(String, String, Run, Bracket)> = Vec::new();
     let mut stream_rows: Vec<(String, String, Run, Option<After>)> = Vec::new();
     let mut batch_rows: Vec<(String, BatchRun, Option<After>)> = Vec::new();
 
     if args.wants(&["echo", "unary"]) {
         for shape in UNARY_SHAPES {
-            let r = unary(&pki, echo_addr, unary_requests.clone(), shape, secs).await;
-            unary_rows.push((shape_name(shape), "bare tonic echo".into(), r));
+            let r = unary("echo", &pki, echo_addr, unary_requests.clone(), shape, secs).await;
+            unary_rows.push((shape_name(shape), "bare tonic echo".into(), r, None));
         }
     }
     if args.wants(&["echo", "stream"]) {
@@ -902,9 +951,22 @@ async fn run(args: Args) {
             let _ = stream(&pki, gw.addr, &unary_requests, 1000).await;
             gw.indexed().await;
             for shape in UNARY_SHAPES {
-                let r = unary(&pki, gw.addr, unary_requests.clone(), shape, secs).await;
+                // The echo again just before and just after, same shape: the
+                // machine's speed drifts over a full run, so the ratio is
+                // taken against the echo bracketing this very run.
+                let before =
+                    unary("echo", &pki, echo_addr, unary_requests.clone(), shape, secs).await;
+                let r = unary(name, &pki, gw.addr, unary_requests.clone(), shape, secs).await;
+                // Indexing first, so that it does not slow the echo down.
                 gw.indexed().await;
-                unary_rows.push((shape_name(shape), format!("gateway, {name}, cache warm"), r));
+                let after =
+                    unary("echo", &pki, echo_addr, unary_requests.clone(), shape, secs).await;
+                unary_rows.push((
+                    shape_name(shape),
+                    format!("gateway, {name}, cache warm"),
+                    r,
+                    Some((before, after)),
+                ));
             }
             gw.shutdown().await;
         }
@@ -913,38 +975,42 @@ async fn run(args: Args) {
 
     if !unary_rows.is_empty() {
         report.line(String::new());
-        report.line("| unary Verify (mTLS, durable audit) | in flight | req/s | ratio to echo | p50 ms | p99 ms | p99.9 ms | p99 ratio |");
-        report.line("|---|---|---:|---:|---:|---:|---:|---:|");
-        for (shape, who, r) in &unary_rows {
-            let echo = unary_rows
-                .iter()
-                .find(|(s, w, _)| s == shape && w == "bare tonic echo");
-            let (ratio, p99r) = echo.map_or(("–".into(), "–".into()), |(_, _, e)| {
-                (
-                    format!("{:.2}", r.rate / e.rate),
-                    format!("{:.2}", r.p99.as_secs_f64() / e.p99.as_secs_f64()),
-                )
-            });
+        report.line("| unary Verify (mTLS, durable audit) | in flight | req/s | echo alongside req/s | ratio to echo | p50 ms | p99 ms | p99.9 ms | echo alongside p99 ms | p99 ratio | PostgreSQL CPU µs/req |");
+        report.line("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (shape, who, r, alongside) in &unary_rows {
+            // The mean of the echo runs bracketing this one; the echo's own
+            // rows (run first) are their own reference.
+            let (rate, p99) = match alongside {
+                Some((a, b)) => (
+                    (a.rate + b.rate) / 2.0,
+                    (a.p99.as_secs_f64() + b.p99.as_secs_f64()) / 2.0,
+                ),
+                None => (r.rate, r.p99.as_secs_f64()),
+            };
             let mark = if shape_name(UNARY_TARGET_SHAPE) == *shape {
                 " *"
             } else {
                 ""
             };
             report.line(format!(
-                "| {who} | {shape}{mark} | {:.0} | {ratio} | {} | {} | {} | {p99r} |",
+                "| {who} | {shape}{mark} | {:.0} | {rate:.0} | {:.2} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
                 r.rate,
+                r.rate / rate,
                 ms(r.p50),
                 ms(r.p99),
-                ms(r.p999)
+                ms(r.p999),
+                p99 * 1000.0,
+                r.p99.as_secs_f64() / p99,
+                r.postgres_us,
             ));
         }
     }
     if !stream_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
-            "| VerifyStream over {rows} rows (mTLS, durable audit) | batch | items/s | ratio to echo | batch p50 ms | batch p99 ms | indexed after s | cache hits % |"
+            "| VerifyStream over {rows} rows (mTLS, durable audit) | batch | items/s | ratio to echo | batch p50 ms | batch p99 ms | PostgreSQL CPU µs/item | indexed after s | cache hits % |"
         ));
-        report.line("|---|---|---:|---:|---:|---:|---:|---:|");
+        report.line("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for (batch, who, r, ix) in &stream_rows {
             let echo = stream_rows
                 .iter()
@@ -953,10 +1019,11 @@ async fn run(args: Args) {
                 format!("{:.2}", r.rate / e.rate)
             });
             report.line(format!(
-                "| {who} | {batch} | {:.0} | {ratio} | {} | {} | {} |",
+                "| {who} | {batch} | {:.0} | {ratio} | {} | {} | {:.2} | {} |",
                 r.rate,
                 ms(r.p50),
                 ms(r.p99),
+                r.postgres_us,
                 After::cells(ix)
             ));
         }
@@ -964,20 +1031,21 @@ async fn run(args: Args) {
     if !batch_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
-            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | server CPU µs/row | client CPU µs/row | indexed after s | cache hits % |"
+            "| `simverify batch run` over {rows} rows | rows/s | ratio to echo | server CPU µs/row | client CPU µs/row | PostgreSQL CPU µs/row | indexed after s | cache hits % |"
         ));
-        report.line("|---|---:|---:|---:|---:|---:|---:|");
+        report.line("|---|---:|---:|---:|---:|---:|---:|---:|");
         let echo = batch_rows
             .iter()
             .find(|(w, _, _)| w == "bare tonic echo")
             .map(|b| b.1.rows_per_s);
         for (who, r, ix) in &batch_rows {
             report.line(format!(
-                "| {who} | {:.0} | {} | {:.2} | {:.2} | {} |",
+                "| {who} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} |",
                 r.rows_per_s,
                 echo.map_or("–".into(), |e| format!("{:.2}", r.rows_per_s / e)),
                 r.server_us_per_row,
                 r.client_us_per_row,
+                r.postgres_us_per_row,
                 After::cells(ix)
             ));
         }

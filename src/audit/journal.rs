@@ -974,11 +974,15 @@ async fn index(
     loop {
         let durable = *durable_rx.borrow_and_update();
         if durable == indexed {
-            caught_up_at = Instant::now();
             // An error means the writer has stopped: nothing more will come.
             if durable_rx.changed().await.is_err() && *durable_rx.borrow() == indexed {
                 break;
             }
+            // Caught up all the while it waited: the lag starts now, not
+            // when it last caught up. Otherwise the first burst after an
+            // idle spell longer than `max_lag` would be indexed at full speed
+            // from its first record, taking CPU from its answers.
+            caught_up_at = Instant::now();
             continue;
         }
         // While answers are being journaled, index in small steps with
@@ -1463,6 +1467,31 @@ mod tests {
             assert!(Instant::now() < deadline, "backlog {}", j.backlog());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_after_a_long_idle_spell_is_still_yielded_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a.db").await;
+        let lag = Duration::from_secs(3);
+        let cfg = JournalConfig {
+            max_lag: lag,
+            ..yielding(dir.path())
+        };
+        let (j, _tasks) = Journal::open(s.clone(), cfg).await.unwrap();
+        append_all(&j, 0, 1).await;
+        assert!(j.synced(Duration::from_secs(20)).await);
+        // Idle, and caught up, for longer than the lag bound.
+        tokio::time::sleep(lag + Duration::from_millis(500)).await;
+        let _traffic = Traffic::start(&j);
+        let burst: Vec<_> = (1..2001).map(record).collect();
+        j.append(&burst, None).await.unwrap();
+        // Yielding, the indexer takes steps of 10 records, each followed by
+        // a pause 99 times as long; at full speed (100 records a step, no
+        // pause) it would be through the burst well within this second,
+        // which is still inside the lag bound.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(j.backlog() > 1000, "backlog {}", j.backlog());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
