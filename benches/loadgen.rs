@@ -10,7 +10,10 @@
 //! - cache memory: RSS growth per cached mirror record [memory];
 //! - mirror import into SQLite and PostgreSQL, and a raw `COPY` of the same
 //!   rows into PostgreSQL as the import's ceiling [import];
-//! - unary Verify at several concurrencies, cache warm [unary];
+//! - unary Verify at several concurrencies, cache warm [unary]; every
+//!   gateway run between two echo runs of the same shape, its ratio taken
+//!   against their mean; and once against an echo whose answers wait for a
+//!   shared tick, as the journal's group commit makes answers wait [held];
 //! - VerifyStream with several batch sizes, cache cold [stream, cold] then
 //!   warm [stream, warm];
 //! - the `simverify batch run` binary over the subscriber file: the cleanup
@@ -89,6 +92,8 @@ impl Args {
 
 /// (connections, calls in flight per connection).
 const UNARY_SHAPES: [(usize, usize); 3] = [(1, 16), (4, 64), (8, 128)];
+/// The held echo's rows (see [`Echo`]).
+const HELD_ECHO: &str = "bare tonic echo, answers held for a 1.8 ms tick";
 /// The shape the targets are quoted at.
 const UNARY_TARGET_SHAPE: (usize, usize) = (4, 64);
 const STREAM_BATCHES: [usize; 3] = [100, 1000, 5000];
@@ -97,8 +102,20 @@ const STREAM_WINDOW: usize = 8;
 
 // ---------------------------------------------------------------- echo
 
+/// The bare echo. With `hold`, every unary answer waits for the next tick of
+/// a thread that wakes all waiting answers at once, as the journal writer
+/// wakes a group's answers after its fsync: the echo then pays what holding
+/// each call until its group is durable costs the transport, without the
+/// gateway's own work.
 #[derive(Clone)]
-struct Echo;
+struct Echo {
+    hold: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// The period of the held echo's ticks: about the journal's group period at
+/// the unary 4×64 shape on this machine (2,736 `fdatasync`s in 5 s, counted
+/// with `perf stat -e syscalls:sys_enter_fdatasync`).
+const HOLD_TICK: Duration = Duration::from_micros(1800);
 
 fn echo_answer(r: &pb::VerifyRequest) -> pb::VerifyResponse {
     pb::VerifyResponse {
@@ -126,6 +143,9 @@ impl pb::verification_server::Verification for Echo {
         &self,
         request: tonic::Request<pb::VerifyRequest>,
     ) -> Result<tonic::Response<pb::VerifyResponse>, tonic::Status> {
+        if let Some(tick) = &self.hold {
+            tick.notified().await;
+        }
         Ok(tonic::Response::new(echo_answer(request.get_ref())))
     }
 
@@ -158,7 +178,22 @@ impl Pki {
     }
 }
 
-async fn spawn_echo(pki: &Pki) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn spawn_echo(
+    pki: &Pki,
+    hold: bool,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let hold = hold.then(|| {
+        let tick = Arc::new(tokio::sync::Notify::new());
+        let t = tick.clone();
+        // Ticks until the process ends (the load generator exits when done).
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(HOLD_TICK);
+                t.notify_waiters();
+            }
+        });
+        tick
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = ServerTlsConfig::new()
@@ -175,7 +210,7 @@ async fn spawn_echo(pki: &Pki) -> (std::net::SocketAddr, tokio::sync::oneshot::S
         .unwrap()
         .tcp_nodelay(true)
         .add_service(
-            pb::verification_server::VerificationServer::new(Echo)
+            pb::verification_server::VerificationServer::new(Echo { hold })
                 .max_decoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(
@@ -876,7 +911,7 @@ async fn run(args: Args) {
 
     let unary_requests = Arc::new(read_requests(&subs, 200_000, pb::Purpose::Activation));
     let stream_requests = read_requests(&subs, rows as usize, pb::Purpose::Cleanup);
-    let (echo_addr, echo_stop) = spawn_echo(&pki).await;
+    let (echo_addr, echo_stop) = spawn_echo(&pki, false).await;
     let out = work.join("results.csv");
 
     // Rows: (scenario, backend label, Run, indexed-after).
@@ -891,6 +926,22 @@ async fn run(args: Args) {
             let r = unary("echo", &pki, echo_addr, unary_requests.clone(), shape, secs).await;
             unary_rows.push((shape_name(shape), "bare tonic echo".into(), r, None));
         }
+    }
+    if args.wants(&["echo", "held", "unary"]) {
+        let (held_addr, held_stop) = spawn_echo(&pki, true).await;
+        for shape in UNARY_SHAPES {
+            let r = unary(
+                "held echo",
+                &pki,
+                held_addr,
+                unary_requests.clone(),
+                shape,
+                secs,
+            )
+            .await;
+            unary_rows.push((shape_name(shape), HELD_ECHO.into(), r, None));
+        }
+        let _ = held_stop.send(());
     }
     if args.wants(&["echo", "stream"]) {
         for &b in &args.stream_batches {
@@ -978,14 +1029,20 @@ async fn run(args: Args) {
         report.line("| unary Verify (mTLS, durable audit) | in flight | req/s | echo alongside req/s | ratio to echo | p50 ms | p99 ms | p99.9 ms | echo alongside p99 ms | p99 ratio | PostgreSQL CPU µs/req |");
         report.line("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (shape, who, r, alongside) in &unary_rows {
-            // The mean of the echo runs bracketing this one; the echo's own
-            // rows (run first) are their own reference.
+            // The mean of the echo runs bracketing this one; the echo's
+            // rows and the held echo's (both run first, one after the
+            // other) refer to the echo's.
             let (rate, p99) = match alongside {
                 Some((a, b)) => (
                     (a.rate + b.rate) / 2.0,
                     (a.p99.as_secs_f64() + b.p99.as_secs_f64()) / 2.0,
                 ),
-                None => (r.rate, r.p99.as_secs_f64()),
+                None => unary_rows
+                    .iter()
+                    .find(|(s, w, _, _)| s == shape && w == "bare tonic echo")
+                    .map_or((r.rate, r.p99.as_secs_f64()), |(_, _, e, _)| {
+                        (e.rate, e.p99.as_secs_f64())
+                    }),
             };
             let mark = if shape_name(UNARY_TARGET_SHAPE) == *shape {
                 " *"
