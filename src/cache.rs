@@ -635,8 +635,8 @@ impl MirrorCache {
         // Most fills (every one of a cold pass) add a key the slot does not
         // hold to records none of which has expired: then there is nothing
         // to drop, and the index answers that without reading the records
-        // themselves (a walk of the whole slot, mostly cache misses, was a
-        // fifth of a cold fill's cost).
+        // themselves (a walk of the whole slot, mostly cache misses, was
+        // about a quarter of a cold fill's cost).
         let none_expired = u64::from(now.saturating_sub(records.oldest)) < self.shortest_ttl_secs;
         if none_expired && records.find(&key.0).is_none() {
             return;
