@@ -184,12 +184,14 @@ async fn spawn_echo(
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let hold = hold.then(|| {
         let tick = Arc::new(tokio::sync::Notify::new());
-        let t = tick.clone();
-        // Ticks until the process ends (the load generator exits when done).
+        let t = Arc::downgrade(&tick);
+        // Ticks while the server (which holds the only strong reference)
+        // lives, so that it does not wake the machine during later runs.
         std::thread::spawn(move || {
-            loop {
-                std::thread::sleep(HOLD_TICK);
+            while let Some(t) = t.upgrade() {
                 t.notify_waiters();
+                drop(t);
+                std::thread::sleep(HOLD_TICK);
             }
         });
         tick
@@ -496,54 +498,51 @@ async fn stream(
     run_of(lat, items, elapsed, pg_cpu)
 }
 
+/// A `/proc/<pid>/stat` line's command name and its CPU times in seconds:
+/// utime, stime, cutime and cstime (the 12th to 15th fields after the name,
+/// which is in parentheses and may hold spaces).
+fn stat_cpu(stat: &str) -> Option<(&str, [f64; 4])> {
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let comm = head.split_once('(')?.1;
+    let mut f = rest.split(' ').skip(11).map(|v| v.parse::<f64>().ok());
+    // USER_HZ: fixed at 100 by the Linux ABI whatever the kernel's tick.
+    let mut next = || Some(f.next()?? / 100.0);
+    Some((comm, [next()?, next()?, next()?, next()?]))
+}
+
 /// CPU seconds so far of this process (the server under test runs in it)
 /// and of its children that have been waited for (the batch clients), from
 /// `/proc/self/stat`.
 fn cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux)");
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // utime, stime, cutime and cstime are the 12th to 15th of them.
-    let rest = stat.rsplit_once(") ").expect("a stat line").1;
-    let f: Vec<f64> = rest
-        .split(' ')
-        .skip(11)
-        .take(4)
-        .map(|v| v.parse().expect("a clock-tick count"))
-        .collect();
-    // USER_HZ: fixed at 100 by the Linux ABI whatever the kernel's tick.
-    let tick = 100.0;
-    ((f[0] + f[1]) / tick, (f[2] + f[3]) / tick)
+    let (_, [user, system, child_user, child_system]) =
+        stat_cpu(&stat).expect("a stat line with clock-tick counts");
+    (user + system, child_user + child_system)
 }
 
 /// CPU seconds used so far by the running PostgreSQL server's processes
 /// (every process named `postgres`): on this machine the database shares the
 /// two cores with the gateway and the client.
 fn pg_cpu_seconds() -> f64 {
-    let mut ticks = 0.0;
+    let mut seconds = 0.0;
     for entry in std::fs::read_dir("/proc").expect("/proc (Linux)").flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         // A process may end between listing and reading: it is skipped.
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        if !head.ends_with("(postgres") {
-            continue;
+        if let Some(("postgres", [user, system, ..])) = stat_cpu(&stat) {
+            seconds += user + system;
         }
-        let f: Vec<f64> = rest
-            .split(' ')
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        ticks += f.iter().sum::<f64>();
     }
-    ticks / 100.0
+    seconds
 }
 
 /// One `simverify batch run`: its rows/s, and CPU time per row of the
@@ -1032,32 +1031,39 @@ async fn run(args: Args) {
             // The mean of the echo runs bracketing this one; the echo's
             // rows and the held echo's (both run first, one after the
             // other) refer to the echo's.
-            let (rate, p99) = match alongside {
-                Some((a, b)) => (
+            let reference = match alongside {
+                Some((a, b)) => Some((
                     (a.rate + b.rate) / 2.0,
                     (a.p99.as_secs_f64() + b.p99.as_secs_f64()) / 2.0,
-                ),
+                )),
                 None => unary_rows
                     .iter()
                     .find(|(s, w, _, _)| s == shape && w == "bare tonic echo")
-                    .map_or((r.rate, r.p99.as_secs_f64()), |(_, _, e, _)| {
-                        (e.rate, e.p99.as_secs_f64())
-                    }),
+                    .map(|(_, _, e, _)| (e.rate, e.p99.as_secs_f64())),
             };
+            // No echo run to refer to (e.g. `--only held`): no ratios.
+            let [echo_rate, ratio, echo_p99, p99_ratio] = reference.map_or(
+                ["–".to_owned(), "–".into(), "–".into(), "–".into()],
+                |(rate, p99)| {
+                    [
+                        format!("{rate:.0}"),
+                        format!("{:.2}", r.rate / rate),
+                        format!("{:.2}", p99 * 1000.0),
+                        format!("{:.2}", r.p99.as_secs_f64() / p99),
+                    ]
+                },
+            );
             let mark = if shape_name(UNARY_TARGET_SHAPE) == *shape {
                 " *"
             } else {
                 ""
             };
             report.line(format!(
-                "| {who} | {shape}{mark} | {:.0} | {rate:.0} | {:.2} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {who} | {shape}{mark} | {:.0} | {echo_rate} | {ratio} | {} | {} | {} | {echo_p99} | {p99_ratio} | {:.2} |",
                 r.rate,
-                r.rate / rate,
                 ms(r.p50),
                 ms(r.p99),
                 ms(r.p999),
-                p99 * 1000.0,
-                r.p99.as_secs_f64() / p99,
                 r.postgres_us,
             ));
         }

@@ -283,8 +283,6 @@ pub struct MirrorCache {
     epoch: Instant,
     positive_ttl: Duration,
     negative_ttl: Duration,
-    /// The shorter TTL in whole seconds, as [`MirrorCache::live`] counts.
-    shortest_ttl_secs: u64,
     /// moka's time to live for a slot, in whole seconds.
     slot_ttl: u64,
 }
@@ -363,7 +361,6 @@ impl MirrorCache {
             epoch: Instant::now(),
             positive_ttl: cfg.positive_ttl,
             negative_ttl: cfg.negative_ttl,
-            shortest_ttl_secs: cfg.positive_ttl.min(cfg.negative_ttl).as_secs().max(1),
             slot_ttl: slot_ttl.as_secs().max(1),
         }
     }
@@ -637,7 +634,9 @@ impl MirrorCache {
         // to drop, and the index answers that without reading the records
         // themselves (a walk of the whole slot, mostly cache misses, was
         // about a quarter of a cold fill's cost).
-        let none_expired = u64::from(now.saturating_sub(records.oldest)) < self.shortest_ttl_secs;
+        // The shorter TTL, counted as `live` counts it.
+        let shortest = self.positive_ttl.min(self.negative_ttl).as_secs().max(1);
+        let none_expired = u64::from(now.saturating_sub(records.oldest)) < shortest;
         if none_expired && records.find(&key.0).is_none() {
             return;
         }
