@@ -207,20 +207,21 @@ async fn spawn_echo(
             std::fs::read(pki.file("ca.pem")).unwrap(),
         ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // `serve_with_incoming` ignores the builder's `tcp_nodelay`: the incoming
+    // stream sets it, as the gateway's accept loop does. Without it the echo
+    // ran with Nagle's algorithm, which coalesced its answers into fewer
+    // writes and stalled some for the peer's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .tls_config(tls)
         .unwrap()
-        .tcp_nodelay(true)
         .add_service(
             pb::verification_server::VerificationServer::new(Echo { hold })
                 .max_decoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = rx.await;
+        });
     tokio::spawn(server);
     (addr, tx)
 }
