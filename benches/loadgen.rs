@@ -92,7 +92,9 @@ impl Args {
 
 /// (connections, calls in flight per connection).
 const UNARY_SHAPES: [(usize, usize); 3] = [(1, 16), (4, 64), (8, 128)];
-/// The held echo's rows (see [`Echo`]).
+/// The echo's rows, which the gateway's ratios refer to, and the held
+/// echo's (see [`Echo`]).
+const ECHO: &str = "bare tonic echo";
 const HELD_ECHO: &str = "bare tonic echo, answers held for a 1.8 ms tick";
 /// The shape the targets are quoted at.
 const UNARY_TARGET_SHAPE: (usize, usize) = (4, 64);
@@ -924,7 +926,7 @@ async fn run(args: Args) {
     if args.wants(&["echo", "unary"]) {
         for shape in UNARY_SHAPES {
             let r = unary("echo", &pki, echo_addr, unary_requests.clone(), shape, secs).await;
-            unary_rows.push((shape_name(shape), "bare tonic echo".into(), r, None));
+            unary_rows.push((shape_name(shape), ECHO.into(), r, None));
         }
     }
     if args.wants(&["echo", "held", "unary"]) {
@@ -946,12 +948,12 @@ async fn run(args: Args) {
     if args.wants(&["echo", "stream"]) {
         for &b in &args.stream_batches {
             let r = stream(&pki, echo_addr, &stream_requests, b).await;
-            stream_rows.push((format!("batch {b}"), "bare tonic echo".into(), r, None));
+            stream_rows.push((format!("batch {b}"), ECHO.into(), r, None));
         }
     }
     if args.wants(&["echo", "batch"]) {
         let r = batch_run(&pki, echo_addr, &subs, &out, rows).await;
-        batch_rows.push(("bare tonic echo".into(), r, None));
+        batch_rows.push((ECHO.into(), r, None));
     }
 
     for (name, tag, url) in [
@@ -1039,7 +1041,7 @@ async fn run(args: Args) {
                 )),
                 None => unary_rows
                     .iter()
-                    .find(|(s, w, _, _)| s == shape && w == "bare tonic echo")
+                    .find(|(s, w, _, _)| s == shape && w == ECHO)
                     .map(|(_, _, e, _)| (e.rate, e.p99.as_secs_f64())),
             };
             // No echo run to refer to (e.g. `--only held`): no ratios.
@@ -1078,7 +1080,7 @@ async fn run(args: Args) {
         for (batch, who, r, ix) in &stream_rows {
             let echo = stream_rows
                 .iter()
-                .find(|(b, w, _, _)| b == batch && w == "bare tonic echo");
+                .find(|(b, w, _, _)| b == batch && w == ECHO);
             let ratio = echo.map_or("–".into(), |(_, _, e, _)| {
                 format!("{:.2}", r.rate / e.rate)
             });
@@ -1100,7 +1102,7 @@ async fn run(args: Args) {
         report.line("|---|---:|---:|---:|---:|---:|---:|---:|");
         let echo = batch_rows
             .iter()
-            .find(|(w, _, _)| w == "bare tonic echo")
+            .find(|(w, _, _)| w == ECHO)
             .map(|b| b.1.rows_per_s);
         for (who, r, ix) in &batch_rows {
             report.line(format!(

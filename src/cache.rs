@@ -264,6 +264,12 @@ struct Counters {
     misses: AtomicU64,
 }
 
+/// Whether a record born at `born` is still within `ttl` at `now` (both in
+/// the cache's whole seconds; a TTL under a second counts as one).
+fn within(ttl: Duration, born: u32, now: u32) -> bool {
+    u64::from(now.saturating_sub(born)) < ttl.as_secs().max(1)
+}
+
 #[derive(Clone)]
 pub struct MirrorCache {
     /// Bucket number → its slot. A slot weighs its record count when it was
@@ -392,7 +398,7 @@ impl MirrorCache {
         } else {
             self.negative_ttl
         };
-        u64::from(now.saturating_sub(r.born())) < ttl.as_secs().max(1)
+        within(ttl, r.born(), now)
     }
 
     /// Takes one record's room from the spare room, if any is left.
@@ -634,9 +640,11 @@ impl MirrorCache {
         // to drop, and the index answers that without reading the records
         // themselves (a walk of the whole slot, mostly cache misses, was
         // about a quarter of a cold fill's cost).
-        // The shorter TTL, counted as `live` counts it.
-        let shortest = self.positive_ttl.min(self.negative_ttl).as_secs().max(1);
-        let none_expired = u64::from(now.saturating_sub(records.oldest)) < shortest;
+        let none_expired = within(
+            self.positive_ttl.min(self.negative_ttl),
+            records.oldest,
+            now,
+        );
         if none_expired && records.find(&key.0).is_none() {
             return;
         }
