@@ -3,7 +3,8 @@
 //! so the gateway's cost can be quoted as a ratio of the transport's.
 //!
 //! `cargo bench --bench loadgen -- [--quick] [--people N] [--rows N]
-//!  [--seconds S] [--pg URL] [--only TAG,TAG] [--skip TAG,TAG]`
+//!  [--seconds S] [--rounds N] [--round-seconds S] [--pg URL]
+//!  [--only TAG,TAG] [--skip TAG,TAG]`
 //!
 //! Everything runs with mutual TLS and the durable audit log. Scenarios
 //! (tags in brackets select them with `--only`/`--skip`):
@@ -14,6 +15,11 @@
 //!   gateway run between two echo runs of the same shape, its ratio taken
 //!   against their mean; and once against an echo whose answers wait for a
 //!   shared tick, as the journal's group commit makes answers wait [held];
+//! - unary Verify at the target shape (4×64) in alternating rounds: echo,
+//!   gateway, echo, gateway, …, echo, each round's ratio against the echo
+//!   runs on either side of it, and the median over the rounds [unary,
+//!   rounds]: the machine's speed moves by tens of percent within minutes,
+//!   and one pair of runs cannot tell that from the gateway's cost;
 //! - VerifyStream with several batch sizes, cache cold [stream, cold] then
 //!   warm [stream, warm];
 //! - the `simverify batch run` binary over the subscriber file: the cleanup
@@ -62,6 +68,13 @@ struct Args {
     /// Seconds per unary scenario.
     #[arg(long)]
     seconds: Option<u64>,
+    /// Alternating gateway/echo rounds at the target shape, per backend
+    /// (0: none).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per run within the alternating rounds.
+    #[arg(long)]
+    round_seconds: Option<u64>,
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pg: String,
     /// Run only scenarios carrying every one of these tags.
@@ -780,6 +793,8 @@ async fn run(args: Args) {
         .rows
         .unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
     let secs = args.seconds.unwrap_or(if args.quick { 2 } else { 10 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 });
+    let round_secs = args.round_seconds.unwrap_or(if args.quick { 2 } else { 4 });
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let work = Path::new(&target).join("loadgen");
     std::fs::create_dir_all(&work).unwrap();
@@ -857,6 +872,7 @@ async fn run(args: Args) {
         ["import", "batch", "stream", "unary"]
             .iter()
             .any(|s| args.wants(&[tag, s]))
+            || args.wants(&[tag, "unary", "rounds"])
     };
     let mut imports: Vec<(String, f64)> = Vec::new();
     let mut pg_import = None;
@@ -920,6 +936,7 @@ async fn run(args: Args) {
     // Unary rows carry the echo runs just before and after a gateway run.
     type Bracket = Option<(Run, Run)>;
     let mut unary_rows: Vec<(String, String, Run, Bracket)> = Vec::new();
+    let mut round_rows: Vec<(String, Vec<Round>)> = Vec::new();
     let mut stream_rows: Vec<(String, String, Run, Option<After>)> = Vec::new();
     let mut batch_rows: Vec<(String, BatchRun, Option<After>)> = Vec::new();
 
@@ -998,12 +1015,16 @@ async fn run(args: Args) {
             }
             gw.shutdown().await;
         }
-        if args.wants(&[tag, "unary"]) {
+        let alternating = rounds > 0 && args.wants(&[tag, "unary", "rounds"]);
+        if args.wants(&[tag, "unary"]) || alternating {
             let gw = spawn_gateway(&pki, url, &hasher, &journal).await;
             // Warm the cache with the requests the runs draw from.
             let _ = stream(&pki, gw.addr, &unary_requests, 1000).await;
             gw.indexed().await;
-            for shape in UNARY_SHAPES {
+            for shape in UNARY_SHAPES
+                .into_iter()
+                .filter(|_| args.wants(&[tag, "unary"]))
+            {
                 // The echo again just before and just after, same shape: the
                 // machine's speed drifts over a full run, so the ratio is
                 // taken against the echo bracketing this very run.
@@ -1020,6 +1041,22 @@ async fn run(args: Args) {
                     r,
                     Some((before, after)),
                 ));
+            }
+            if alternating {
+                let shape = UNARY_TARGET_SHAPE;
+                let requests = &unary_requests;
+                let mut before =
+                    unary("echo", &pki, echo_addr, requests.clone(), shape, round_secs).await;
+                let mut these = Vec::new();
+                for _ in 0..rounds {
+                    let r = unary(name, &pki, gw.addr, requests.clone(), shape, round_secs).await;
+                    gw.indexed().await;
+                    let after =
+                        unary("echo", &pki, echo_addr, requests.clone(), shape, round_secs).await;
+                    these.push(Round::of(&before, &r, &after));
+                    before = after;
+                }
+                round_rows.push((name.to_owned(), these));
             }
             gw.shutdown().await;
         }
@@ -1071,6 +1108,34 @@ async fn run(args: Args) {
             ));
         }
     }
+    if !round_rows.is_empty() {
+        report.line(String::new());
+        report.line(format!(
+            "| unary Verify {}, alternating rounds of {round_secs} s | round | req/s | echo alongside req/s | ratio to echo | p99 ms | echo alongside p99 ms | p99 ratio |",
+            shape_name(UNARY_TARGET_SHAPE)
+        ));
+        report.line("|---|---|---:|---:|---:|---:|---:|---:|");
+        for (name, these) in &round_rows {
+            for (i, r) in these.iter().enumerate() {
+                report.line(format!(
+                    "| gateway, {name}, cache warm | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    i + 1,
+                    r.rate,
+                    r.echo_rate,
+                    r.ratio(),
+                    r.p99_ms,
+                    r.echo_p99_ms,
+                    r.p99_ratio()
+                ));
+            }
+            let (ratio, lo, hi) = median_range(these.iter().map(Round::ratio));
+            let (p99, p99_lo, p99_hi) = median_range(these.iter().map(Round::p99_ratio));
+            report.line(format!(
+                "| gateway, {name}: **median of {} rounds** (min–max) | – | – | – | **{ratio:.2}** ({lo:.2}–{hi:.2}) | – | – | **{p99:.2}** ({p99_lo:.2}–{p99_hi:.2}) |",
+                these.len()
+            ));
+        }
+    }
     if !stream_rows.is_empty() {
         report.line(String::new());
         report.line(format!(
@@ -1117,6 +1182,48 @@ async fn run(args: Args) {
         }
     }
     std::fs::write(work.join("report.md"), report.lines.join("\n") + "\n").unwrap();
+}
+
+/// One alternating round: a gateway run against the echo runs on either
+/// side of it.
+struct Round {
+    rate: f64,
+    echo_rate: f64,
+    p99_ms: f64,
+    echo_p99_ms: f64,
+}
+
+impl Round {
+    fn of(before: &Run, r: &Run, after: &Run) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Self {
+            rate: r.rate,
+            echo_rate: (before.rate + after.rate) / 2.0,
+            p99_ms: ms(r.p99),
+            echo_p99_ms: (ms(before.p99) + ms(after.p99)) / 2.0,
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        self.rate / self.echo_rate
+    }
+
+    fn p99_ratio(&self) -> f64 {
+        self.p99_ms / self.echo_p99_ms
+    }
+}
+
+/// The median, minimum and maximum (of a non-empty sequence).
+fn median_range(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
 }
 
 fn shape_name((c, f): (usize, usize)) -> String {
