@@ -17,4 +17,5 @@ pub mod mirror;
 pub mod pki;
 pub mod proto;
 pub mod store;
+pub mod telemetry;
 pub mod verifier;

@@ -1,5 +1,5 @@
-//! The `simverify` binary: parse the command line, set up logging, run, and
-//! turn the outcome into an exit code.
+//! The `simverify` binary: parse the command line, set up logging and trace
+//! export, run, and turn the outcome into an exit code.
 
 use std::process::ExitCode;
 
@@ -16,14 +16,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls needs one process-wide crypto provider; ring is the only one built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = tracing_subscriber::EnvFilter::try_new(cli.common.log_filter())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(simverify::cli::stderr_is_tty())
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +26,26 @@ fn main() -> ExitCode {
             return ExitCode::from(simverify::cli::EXIT_SOFTWARE);
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Inside the runtime: the trace exporter's channel is one of its tasks.
+    let telemetry = {
+        let _entered = runtime.enter();
+        simverify::telemetry::init(
+            &cli.common.log_filter(),
+            simverify::cli::stderr_is_tty(),
+            cli.common.otlp_endpoint.as_deref(),
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(simverify::cli::EXIT_USAGE);
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    // Before the runtime goes: the last spans travel on it.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string();

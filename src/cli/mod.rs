@@ -117,6 +117,17 @@ pub struct Common {
     /// Log filter, e.g. `info` or `simverify=debug` [default: info].
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Export traces (a span per RPC, joined to the caller's W3C
+    /// `traceparent`) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// `http://127.0.0.1:4317`. Spans hold method, status and timing only.
+    /// `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER` apply [default: no export].
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,7 +166,7 @@ pub enum ConfigCommand {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg = cli.common.load()?;
     match cli.command {
-        Command::Serve(a) => serve::run(cfg, a).await,
+        Command::Serve(a) => serve::run(cfg, a, cli.common.otlp_endpoint.is_some()).await,
         Command::Verify(a) => verify::run(&cfg, a).await,
         Command::Mirror(c) => mirror::run(&cfg, c).await,
         Command::Gen(c) => r#gen::run(c),

@@ -45,7 +45,8 @@ pub struct ServeArgs {
     pub demo_size: u64,
 }
 
-pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
+/// `rpc_spans`: traces are exported, so every call gets a span.
+pub async fn run(mut cfg: Config, args: ServeArgs, rpc_spans: bool) -> Result<(), CliError> {
     if let Some(l) = args.listen {
         cfg.server.listen = l;
     }
@@ -66,8 +67,9 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
     let (key_path, create) = cfg.audit_signing_key();
     let signer = crate::audit::log::Signer::load_or_create(&key_path, create)
         .map_err(|e| CliError::Usage(format!("configuration: audit_signing_key_file: {e}")))?;
-    let server = ServerConfig::from_config(&cfg, std::sync::Arc::new(signer))
+    let mut server = ServerConfig::from_config(&cfg, std::sync::Arc::new(signer))
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    server.rpc_spans = rpc_spans;
 
     let hasher = super::hasher(&cfg)?;
     let store = super::open_store(&cfg).await?;

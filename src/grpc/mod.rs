@@ -9,6 +9,7 @@ pub mod convert;
 pub mod limits;
 pub mod status;
 pub mod tls;
+pub mod trace;
 mod verification;
 pub mod wire;
 
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     pub shutdown_grace: Duration,
     pub security: Security,
+    /// A span per call (see [`trace`]); on only while traces are exported.
+    pub rpc_spans: bool,
 }
 
 impl ServerConfig {
@@ -87,6 +90,7 @@ impl ServerConfig {
             max_concurrent_requests: cfg.server.max_concurrent_requests,
             shutdown_grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
             security,
+            rpc_spans: false,
         })
     }
 
@@ -106,6 +110,7 @@ impl ServerConfig {
             security: Security::Plaintext {
                 principal: Principal::development(&defaults),
             },
+            rpc_spans: false,
         }
     }
 }
@@ -287,6 +292,10 @@ impl Application {
         };
         let serve = Server::builder()
             .tcp_nodelay(true)
+            // Outermost, so that the span records the status as sent.
+            .layer(tower::util::option_layer(
+                cfg.rpc_spans.then_some(trace::RpcSpanLayer),
+            ))
             .layer(tower::util::MapResponseLayer::new(
                 oversize_as_resource_exhausted,
             ))

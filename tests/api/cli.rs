@@ -117,7 +117,7 @@ async fn a_file_without_required_columns_is_refused(backend: Backend) {
     assert!(err.contains("lacks the column `date_of_birth`"), "{err}");
 }
 
-struct Server(Child);
+pub(crate) struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -137,7 +137,7 @@ impl Server {
     }
 
     /// SIGTERM, then the gateway must exit 0; returns its log.
-    fn stop(&mut self, log: std::thread::JoinHandle<String>) -> String {
+    pub(crate) fn stop(&mut self, log: std::thread::JoinHandle<String>) -> String {
         self.signal("-TERM");
         let status = self.0.wait().unwrap();
         let log = log.join().unwrap();
@@ -285,7 +285,7 @@ async fn sigterm_as_soon_as_ready_is_a_clean_stop(backend: Backend) {
 }
 
 /// `simverify serve` on the demo data (200 people), on a free port.
-fn serve_demo(data_dir: &Path, db: &TestDb) -> Command {
+pub(crate) fn serve_demo(data_dir: &Path, db: &TestDb) -> Command {
     let mut c = simverify(data_dir, db);
     c.args([
         "serve",
@@ -300,7 +300,7 @@ fn serve_demo(data_dir: &Path, db: &TestDb) -> Command {
 
 /// Starts `simverify serve` with `args`; returns the process, its address
 /// and a thread collecting the rest of its log.
-fn start_server(
+pub(crate) fn start_server(
     cmd: &mut Command,
 ) -> (
     Server,

@@ -14,4 +14,5 @@ mod python;
 mod store;
 mod stream;
 mod tamper;
+mod telemetry;
 mod verify;
