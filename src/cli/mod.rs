@@ -220,6 +220,21 @@ impl Common {
     }
 }
 
+/// Writes a command's output to stdout. A reader that closed the pipe early
+/// (`… | head`) has what it wanted: that ends the command quietly (the empty
+/// message `main` treats as success), where `println!` would panic.
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Internal(String::new()))
+        }
+        Err(e) => Err(CliError::Internal(format!("cannot write the output: {e}"))),
+    }
+}
+
 pub async fn open_store(cfg: &Config) -> Result<Store, CliError> {
     Ok(Store::connect(&cfg.database_url()).await?)
 }

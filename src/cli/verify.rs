@@ -116,34 +116,41 @@ pub async fn run(cfg: &Config, args: VerifyArgs) -> Result<(), CliError> {
         audit_id: &r.audit_id,
         mirror_version: r.mirror_version,
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&p).map_err(|e| CliError::Internal(e.to_string()))?
-        );
+    let text = if args.json {
+        let mut json =
+            serde_json::to_string_pretty(&p).map_err(|e| CliError::Internal(e.to_string()))?;
+        json.push('\n');
+        json
     } else {
-        println!(
-            "{}  (recommended action: {})",
-            p.decision, p.recommended_action
-        );
-        println!("  id_number       {}", p.id_number);
-        println!(
-            "  full_name       {}  (tier {}, score {})",
-            p.full_name, p.name_tier, p.name_score
-        );
-        println!("  date_of_birth   {}", p.date_of_birth);
-        println!("  sex             {}", p.sex);
         let reasons = if p.reasons.is_empty() {
             "-".to_owned()
         } else {
             p.reasons.join(", ")
         };
-        println!("  reasons         {reasons}");
-        println!("  request_id      {}", p.request_id);
-        println!("  audit_id        {}", p.audit_id);
-        println!("  mirror_version  {}", p.mirror_version);
-    }
-    Ok(())
+        format!(
+            "{}  (recommended action: {})\n\
+             \x20 id_number       {}\n\
+             \x20 full_name       {}  (tier {}, score {})\n\
+             \x20 date_of_birth   {}\n\
+             \x20 sex             {}\n\
+             \x20 reasons         {reasons}\n\
+             \x20 request_id      {}\n\
+             \x20 audit_id        {}\n\
+             \x20 mirror_version  {}\n",
+            p.decision,
+            p.recommended_action,
+            p.id_number,
+            p.full_name,
+            p.name_tier,
+            p.name_score,
+            p.date_of_birth,
+            p.sex,
+            p.request_id,
+            p.audit_id,
+            p.mirror_version
+        )
+    };
+    super::print(&text)
 }
 
 /// A gRPC error as a one-line message, with each bad field on its own.

@@ -201,6 +201,28 @@ async fn serve_verify_and_stop(backend: Backend) {
     assert!(out.starts_with("MISMATCH"), "{out}");
     assert!(out.contains("full_name       MISMATCH"), "{out}");
 
+    // A reader that stops early (`simverify verify … | head -1`): the pipe
+    // is closed before the answer comes, and the command still ends well.
+    let mut piped = simverify(&dir, &db)
+        .args([
+            "verify",
+            "--server",
+            &server_url,
+            "--msisdn",
+            "0912345678",
+            "--id",
+            person[0],
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let closed = piped.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert!(closed.status.success(), "{}: {err}", closed.status);
+    assert!(!err.contains("panicked"), "{err}");
+
     let bad = simverify(&dir, &db)
         .args([
             "verify",
