@@ -618,7 +618,8 @@ fn check_proof(p: &SavedProof, key: &[u8; 32]) -> Result<(), CliError> {
 }
 
 pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
-    let io = |e: std::io::Error| CliError::Internal(e.to_string());
+    // Output and file errors alike; a closed pipe ends a listing quietly.
+    let io = super::output_error;
     match cmd {
         AuditCommand::Pubkey => {
             let (path, create) = cfg.audit_signing_key();

@@ -220,18 +220,24 @@ impl Common {
     }
 }
 
-/// Writes a command's output to stdout. A reader that closed the pipe early
-/// (`… | head`) has what it wanted: that ends the command quietly (the empty
-/// message `main` treats as success), where `println!` would panic.
+/// Writes a command's output to stdout (see [`output_error`]), where
+/// `println!` would panic on a closed pipe.
 pub(crate) fn print(text: &str) -> Result<(), CliError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::Internal(String::new()))
-        }
-        Err(e) => Err(CliError::Internal(format!("cannot write the output: {e}"))),
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(output_error)
+}
+
+/// An I/O error of a command's output or files. A reader that closed the
+/// pipe early (`… | head`) has what it wanted: that ends the command
+/// quietly (the empty message `main` treats as success).
+pub(crate) fn output_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::Internal(String::new())
+    } else {
+        CliError::Internal(e.to_string())
     }
 }
 
