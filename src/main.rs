@@ -10,7 +10,7 @@ use std::process::ExitCode;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use simverify::cli::{Cli, run};
+use simverify::cli::{Cli, CliError, Command, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,7 +32,11 @@ fn main() -> ExitCode {
         simverify::telemetry::init(
             &cli.common.log_filter(),
             simverify::cli::stderr_is_tty(),
-            cli.common.otlp_endpoint.as_deref(),
+            // Only the gateway answers calls, so only it has spans to export.
+            match &cli.command {
+                Command::Serve(a) => a.otlp_endpoint.as_deref(),
+                _ => None,
+            },
         )
     };
     let telemetry = match telemetry {
@@ -47,14 +51,9 @@ fn main() -> ExitCode {
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::ClosedPipe) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string();
-            // An empty message is a closed pipe (`… | head`): the reader has
-            // what it wanted, which is success.
-            if msg.is_empty() {
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: {msg}");
+            eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
     }

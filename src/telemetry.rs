@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Key, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -29,8 +29,9 @@ const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error(
-        "--otlp-endpoint {0:?}: expected http://HOST:PORT of an OTLP/gRPC collector \
-         (export over plaintext to a collector agent on the host or a trusted network)"
+        "--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) {0:?}: expected http://HOST:PORT of an \
+         OTLP/gRPC collector (export over plaintext to a collector agent on the host or a trusted \
+         network)"
     )]
     Endpoint(String),
     #[error("the OTLP exporter could not be set up: {0}")]
@@ -73,18 +74,21 @@ pub fn init(
         .with_target(false)
         .with_ansi(ansi)
         .with_filter(filter);
-    let (traces, provider) = match otlp_endpoint {
-        None => (None, None),
-        Some(url) => {
-            let provider = tracer_provider(url)?;
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("simverify"))
-                .with_filter(Targets::new().with_target("simverify", tracing::Level::INFO));
-            (Some(layer), Some(provider))
-        }
+    // Two arms rather than an `Option` layer: an absent layer in the stack
+    // answers "always interested", which would turn the log filter's cached
+    // "never" for disabled callsites into a check on every hit.
+    let Some(url) = otlp_endpoint else {
+        Registry::default().with(log).init();
+        return Ok(Telemetry { provider: None });
     };
+    let provider = tracer_provider(url)?;
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("simverify"))
+        .with_filter(Targets::new().with_target("simverify", tracing::Level::INFO));
     Registry::default().with(log).with(traces).init();
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 fn tracer_provider(url: &str) -> Result<SdkTracerProvider, TelemetryError> {
@@ -96,14 +100,24 @@ fn tracer_provider(url: &str) -> Result<SdkTracerProvider, TelemetryError> {
         .with_endpoint(url)
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    let mut resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("simverify");
-    }
+    let version = KeyValue::new("service.version", env!("CARGO_PKG_VERSION"));
+    // The environment's name (`OTEL_SERVICE_NAME`, or `service.name` in
+    // `OTEL_RESOURCE_ATTRIBUTES`) wins; the SDK's fallback is replaced.
+    let detected = Resource::builder().with_attribute(version.clone()).build();
+    let named = detected
+        .get(&Key::from_static_str("service.name"))
+        .is_some_and(|n| !n.as_str().starts_with("unknown_service"));
+    let resource = if named {
+        detected
+    } else {
+        Resource::builder()
+            .with_service_name("simverify")
+            .with_attribute(version)
+            .build()
+    };
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource.build())
+        .with_resource(resource)
         .build())
 }
 

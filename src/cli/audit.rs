@@ -618,8 +618,9 @@ fn check_proof(p: &SavedProof, key: &[u8; 32]) -> Result<(), CliError> {
 }
 
 pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
-    // Output and file errors alike; a closed pipe ends a listing quietly.
-    let io = super::output_error;
+    let io = |e: std::io::Error| CliError::Internal(e.to_string());
+    // Writes to stdout: a closed pipe ends a listing quietly.
+    let stdout = super::output_error;
     match cmd {
         AuditCommand::Pubkey => {
             let (path, create) = cfg.audit_signing_key();
@@ -840,10 +841,10 @@ pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
                 pb::audit_client::AuditClient::new(client.connect_as(cfg, "auditor").await?);
             let mut sink = Sink::new(Box::new(std::io::stdout().lock()), format);
             pages(&mut c, filter.to_pb()?, limit, |r| {
-                sink.record(r).map_err(io)
+                sink.record(r).map_err(stdout)
             })
             .await?;
-            sink.finish().map_err(io)
+            sink.finish().map_err(stdout)
         }
         AuditCommand::Export {
             filter,
@@ -906,19 +907,19 @@ pub async fn run(cfg: &Config, cmd: AuditCommand) -> Result<(), CliError> {
                     ),
                     Format::Csv => {
                         if i == 0 {
-                            writeln!(out, "carrier_id,day,decision,purpose,count").map_err(io)?;
+                            writeln!(out, "carrier_id,day,decision,purpose,count").map_err(stdout)?;
                         }
                         writeln!(out, "{},{},{decision},{purpose},{}", r.carrier_id, r.day, r.count)
                     }
                     Format::Table => {
                         if i == 0 {
                             writeln!(out, "{:<20} {:<10} {:<10} {:<18} {:>10}", "carrier", "day", "decision", "purpose", "count")
-                                .map_err(io)?;
+                                .map_err(stdout)?;
                         }
                         writeln!(out, "{:<20} {:<10} {:<10} {:<18} {:>10}", r.carrier_id, r.day, decision, purpose, r.count)
                     }
                 }
-                .map_err(io)?;
+                .map_err(stdout)?;
             }
             Ok(())
         }

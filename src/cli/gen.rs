@@ -64,7 +64,7 @@ fn open_output(path: &Option<PathBuf>) -> Result<Box<dyn Write>, CliError> {
 fn gen_error(e: crate::r#gen::GenError) -> CliError {
     match e {
         crate::r#gen::GenError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
-            CliError::Internal(String::new())
+            CliError::ClosedPipe
         }
         crate::r#gen::GenError::InvalidConfig(m) => CliError::Usage(m),
         crate::r#gen::GenError::MissingColumn(_) => CliError::Data(e.to_string()),

@@ -39,6 +39,10 @@ pub enum CliError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// Whoever read the output closed the pipe early (`… | head`): they have
+    /// what they wanted, so the command ends quietly with success.
+    #[error("the output's reader closed the pipe")]
+    ClosedPipe,
 }
 
 impl CliError {
@@ -48,6 +52,7 @@ impl CliError {
             Self::Data(_) => EXIT_DATA,
             Self::Unavailable(_) => EXIT_UNAVAILABLE,
             Self::Internal(_) => EXIT_SOFTWARE,
+            Self::ClosedPipe => 0,
         }
     }
 }
@@ -117,17 +122,6 @@ pub struct Common {
     /// Log filter, e.g. `info` or `simverify=debug` [default: info].
     #[arg(long, global = true)]
     pub log: Option<String>,
-    /// Export traces (a span per RPC, joined to the caller's W3C
-    /// `traceparent`) to this OpenTelemetry collector over OTLP/gRPC, e.g.
-    /// `http://127.0.0.1:4317`. Spans hold method, status and timing only.
-    /// `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER` apply [default: no export].
-    #[arg(
-        long,
-        global = true,
-        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        value_name = "URL"
-    )]
-    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,7 +160,7 @@ pub enum ConfigCommand {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg = cli.common.load()?;
     match cli.command {
-        Command::Serve(a) => serve::run(cfg, a, cli.common.otlp_endpoint.is_some()).await,
+        Command::Serve(a) => serve::run(cfg, a).await,
         Command::Verify(a) => verify::run(&cfg, a).await,
         Command::Mirror(c) => mirror::run(&cfg, c).await,
         Command::Gen(c) => r#gen::run(c),
@@ -230,12 +224,12 @@ pub(crate) fn print(text: &str) -> Result<(), CliError> {
         .map_err(output_error)
 }
 
-/// An I/O error of a command's output or files. A reader that closed the
-/// pipe early (`… | head`) has what it wanted: that ends the command
-/// quietly (the empty message `main` treats as success).
+/// A failed write to stdout: a closed pipe ends the command quietly. Only
+/// for stdout; a file that cannot be written is an error even when it is a
+/// pipe.
 pub(crate) fn output_error(e: std::io::Error) -> CliError {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        CliError::Internal(String::new())
+        CliError::ClosedPipe
     } else {
         CliError::Internal(e.to_string())
     }

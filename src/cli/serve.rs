@@ -40,13 +40,19 @@ pub struct ServeArgs {
     /// with a matching DATA_DIR/demo-subscribers.csv).
     #[arg(long)]
     pub demo: bool,
+    /// Export traces (a span per call, joined to the caller's W3C
+    /// `traceparent`) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// `http://127.0.0.1:4317`. Spans hold method, status and timing only.
+    /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
+    /// `OTEL_TRACES_SAMPLER` apply [default: no export].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// People in the demo population.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub demo_size: u64,
 }
 
-/// `rpc_spans`: traces are exported, so every call gets a span.
-pub async fn run(mut cfg: Config, args: ServeArgs, rpc_spans: bool) -> Result<(), CliError> {
+pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<(), CliError> {
     if let Some(l) = args.listen {
         cfg.server.listen = l;
     }
@@ -69,7 +75,8 @@ pub async fn run(mut cfg: Config, args: ServeArgs, rpc_spans: bool) -> Result<()
         .map_err(|e| CliError::Usage(format!("configuration: audit_signing_key_file: {e}")))?;
     let mut server = ServerConfig::from_config(&cfg, std::sync::Arc::new(signer))
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    server.rpc_spans = rpc_spans;
+    // `main` set up the export from the same flag.
+    server.rpc_spans = args.otlp_endpoint.is_some();
 
     let hasher = super::hasher(&cfg)?;
     let store = super::open_store(&cfg).await?;

@@ -68,14 +68,26 @@ where
         let outer = span.clone();
         Box::pin(
             async move {
-                let resp = call.await?;
+                // Dropped before the answer: tonic's own deadline or the
+                // client's reset ended the call.
+                let mut unanswered = Unanswered(Some(span.clone()));
+                let resp = call.await;
+                unanswered.0 = None;
+                let resp = resp?;
                 // A call refused before its first message (a bad argument,
                 // authentication, admission) answers with the status in
                 // the headers ("trailers-only").
-                if let Some(code) = status_code(resp.headers()) {
+                let status = status_code(resp.headers());
+                if let Some(code) = status {
                     record_status(&span, code);
                 }
-                Ok(resp.map(|body| Body::new(SpannedBody { inner: body, span })))
+                Ok(resp.map(|body| {
+                    Body::new(SpannedBody {
+                        inner: body,
+                        span,
+                        status_seen: status.is_some(),
+                    })
+                }))
             }
             .instrument(outer),
         )
@@ -116,6 +128,21 @@ fn is_server_error(code: i64) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
+/// gRPC's CANCELLED: what a call that ends without a status of its own is
+/// recorded as, as tonic tells the client when its deadline drops a call.
+const CANCELLED: i64 = 1;
+
+/// Records CANCELLED on the span it holds when dropped still holding it.
+struct Unanswered(Option<Span>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(span) = &self.0 {
+            record_status(span, CANCELLED);
+        }
+    }
+}
+
 fn record_status(span: &Span, code: i64) {
     span.record("rpc.grpc.status_code", code);
     if is_server_error(code) {
@@ -127,10 +154,21 @@ fn status_code(headers: &HeaderMap) -> Option<i64> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-/// The response body, carrying the call's span until its last frame.
+/// The response body, carrying the call's span until its last frame. One
+/// dropped before its trailers (the client reset the stream) is recorded
+/// as CANCELLED.
 struct SpannedBody {
     inner: Body,
     span: Span,
+    status_seen: bool,
+}
+
+impl Drop for SpannedBody {
+    fn drop(&mut self) {
+        if !self.status_seen {
+            record_status(&self.span, CANCELLED);
+        }
+    }
 }
 
 impl http_body::Body for SpannedBody {
@@ -148,6 +186,7 @@ impl http_body::Body for SpannedBody {
             && let Some(code) = frame.trailers_ref().and_then(status_code)
         {
             record_status(&this.span, code);
+            this.status_seen = true;
         }
         polled
     }
@@ -177,6 +216,160 @@ impl Extractor for Headers<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
+    /// Every `rpc.grpc.status_code` recorded, in order.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<Vec<i64>>>);
+
+    struct Codes<'a>(&'a Recorded);
+
+    impl tracing::field::Visit for Codes<'_> {
+        fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+            if field.name() == "rpc.grpc.status_code" {
+                self.0.0.lock().unwrap().push(value);
+            }
+        }
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: LayerContext<'_, S>,
+        ) {
+            values.record(&mut Codes(self));
+        }
+    }
+
+    /// A response body that yields `frames` and then waits forever.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            match self.0.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn trailers(code: &'static str) -> Frame<Bytes> {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static(code));
+        Frame::trailers(t)
+    }
+
+    /// Runs `calls` against a layer over `inner` and returns the codes its
+    /// spans recorded.
+    fn recorded<S, F>(inner: S, drive: F) -> Vec<i64>
+    where
+        S: Service<http::Request<()>, Response = http::Response<Body>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        F: AsyncFnOnce(RpcSpans<S>),
+    {
+        let codes = Recorded::default();
+        let subscriber = tracing_subscriber::registry().with(codes.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(drive(tower::Layer::layer(&RpcSpanLayer, inner)));
+        });
+        codes.0.lock().unwrap().clone()
+    }
+
+    fn request() -> http::Request<()> {
+        http::Request::builder()
+            .uri("/simverify.v1.Verification/Verify")
+            .body(())
+            .unwrap()
+    }
+
+    fn answering(
+        headers_status: Option<&'static str>,
+        frames: fn() -> Vec<Frame<Bytes>>,
+    ) -> impl Service<
+        http::Request<()>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Send
+    + 'static {
+        tower::service_fn(move |_: http::Request<()>| async move {
+            let mut resp = http::Response::new(Body::new(Frames(frames().into())));
+            if let Some(code) = headers_status {
+                resp.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static(code));
+            }
+            Ok::<_, Infallible>(resp)
+        })
+    }
+
+    async fn poll_once<B: http_body::Body + Unpin>(body: &mut B) {
+        std::future::poll_fn(|cx| {
+            let _ = Pin::new(&mut *body).poll_frame(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_answer_is_cancelled() {
+        let never = tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<http::Response<Body>, Infallible>>()
+        });
+        let codes = recorded(never, async |mut svc| {
+            let mut call = svc.call(request());
+            // Started, then dropped (tonic's deadline, or the client's reset).
+            std::future::poll_fn(|cx| {
+                let _ = call.as_mut().poll(cx);
+                Poll::Ready(())
+            })
+            .await;
+        });
+        assert_eq!(codes, [CANCELLED]);
+    }
+
+    #[test]
+    fn a_stream_dropped_before_its_trailers_is_cancelled() {
+        let one_answer = || vec![Frame::data(Bytes::from_static(b"answer"))];
+        let codes = recorded(answering(None, one_answer), async |mut svc| {
+            let mut body = svc.call(request()).await.unwrap().into_body();
+            poll_once(&mut body).await;
+        });
+        assert_eq!(codes, [CANCELLED]);
+    }
+
+    #[test]
+    fn the_status_is_taken_from_trailers_or_headers_and_only_once() {
+        let answer_and_ok = || vec![Frame::data(Bytes::from_static(b"answer")), trailers("0")];
+        let codes = recorded(answering(None, answer_and_ok), async |mut svc| {
+            let mut body = svc.call(request()).await.unwrap().into_body();
+            poll_once(&mut body).await;
+            poll_once(&mut body).await;
+        });
+        assert_eq!(codes, [0]);
+        let codes = recorded(answering(Some("3"), Vec::new), async |mut svc| {
+            let _ = svc.call(request()).await.unwrap();
+        });
+        assert_eq!(codes, [3]);
+    }
 
     #[test]
     fn the_path_names_service_and_method() {

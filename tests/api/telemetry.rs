@@ -97,19 +97,46 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    // A stream's status travels in the trailers, after its answers.
-    let batch = VerifyBatch {
-        batch_seq: 1,
-        job_id: "trace-test".into(),
-        requests: vec![request(id, name, dob, Sex::Female)],
-    };
+    // A stream's status travels in the trailers, after its answers; the
+    // client keeps its side open a while after the first answer, so a span
+    // that ended with the response's headers would be far shorter.
+    let held_open = std::time::Duration::from_millis(300);
+    let (batches, rx) = tokio::sync::mpsc::channel(1);
+    batches
+        .send(VerifyBatch {
+            batch_seq: 1,
+            job_id: "trace-test".into(),
+            requests: vec![request(id, name, dob, Sex::Female)],
+        })
+        .await
+        .unwrap();
     let mut answers = client
-        .verify_stream(futures_util::stream::iter([batch]))
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    tokio::time::sleep(held_open).await;
+    drop(batches);
     while answers.message().await.unwrap().is_some() {}
-
+    // A stream the client abandons after its first answer.
+    let (batches, rx) = tokio::sync::mpsc::channel(1);
+    batches
+        .send(VerifyBatch {
+            batch_seq: 1,
+            job_id: "trace-test".into(),
+            requests: vec![request(id, name, dob, Sex::Female)],
+        })
+        .await
+        .unwrap();
+    let mut abandoned = client
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(abandoned.message().await.unwrap().is_some());
+    drop(abandoned);
+    drop(batches);
     // A clean stop flushes the spans still buffered.
     let log = server.stop(log);
 
@@ -122,6 +149,11 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
         .collect();
     let named =
         |name: &str| -> Vec<&Span> { spans.iter().copied().filter(|s| s.name == name).collect() };
+    // Only the gateway's own spans: one per call, named after its method.
+    assert!(
+        spans.iter().all(|s| s.name.starts_with("/simverify.v1.")),
+        "{spans:#?}"
+    );
     let verifies = named("/simverify.v1.Verification/Verify");
     assert_eq!(verifies.len(), 2, "{spans:#?}");
     let joined = verifies
@@ -134,20 +166,34 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
         attr(joined, "rpc.method"),
         Some(Value::StringValue("Verify".into()))
     );
-    let other = verifies
+    let untraced = verifies
         .iter()
         .find(|s| s.trace_id != joined.trace_id)
         .unwrap();
     assert!(
-        other.parent_span_id.is_empty(),
+        untraced.parent_span_id.is_empty(),
         "a call without a trace starts one"
     );
-    assert_eq!(int_attr(other, "rpc.grpc.status_code"), Some(3));
-    let streams = named("/simverify.v1.Verification/VerifyStream");
-    assert_eq!(streams.len(), 1, "{spans:#?}");
+    assert_eq!(int_attr(untraced, "rpc.grpc.status_code"), Some(3));
+    let mut streams = named("/simverify.v1.Verification/VerifyStream");
+    assert_eq!(streams.len(), 2, "{spans:#?}");
+    streams.sort_by_key(|s| s.start_time_unix_nano);
     assert_eq!(int_attr(streams[0], "rpc.grpc.status_code"), Some(0));
+    // The client's end of the request and its reset race to the gateway:
+    // the abandoned stream ends with trailers (OK) or is reset (CANCELLED;
+    // the layer's unit tests pin that path).
+    assert!(
+        matches!(int_attr(streams[1], "rpc.grpc.status_code"), Some(0 | 1)),
+        "the abandoned stream: {:?}",
+        streams[1]
+    );
+    // Whatever ended a call, its span says how.
+    for s in &spans {
+        assert!(int_attr(s, "rpc.grpc.status_code").is_some(), "{s:#?}");
+    }
     // The span covers the stream, not just its opening.
-    assert!(streams[0].end_time_unix_nano > streams[0].start_time_unix_nano);
+    let lasted = streams[0].end_time_unix_nano - streams[0].start_time_unix_nano;
+    assert!(lasted >= held_open.as_nanos() as u64, "{lasted} ns");
 
     let service = exports[0].resource_spans[0]
         .resource
@@ -162,13 +208,17 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
     // Nothing of the subscriber in anything exported, in any form.
     let bytes: Vec<u8> = exports.iter().flat_map(|e| e.encode_to_vec()).collect();
     let nfd: String = name.nfd().collect();
+    let phone = request(id, name, dob, Sex::Female).msisdn;
     for secret in [
         id,
         name,
         &nfd,
         dob,
+        "19991031",
         "123456789",
-        "912345678",
+        &phone,
+        "84912345678",
+        "0912345678",
         "doan thi hang",
     ] {
         assert!(
