@@ -65,6 +65,34 @@ fn int_attr(span: &Span, key: &str) -> Option<i64> {
     }
 }
 
+type Answers = tonic::Streaming<simverify::proto::VerifyBatchResult>;
+
+/// Opens a `VerifyStream`, sends one batch and reads its answer; the
+/// request side stays open until the returned sender is dropped.
+async fn open_stream(
+    client: &mut VerificationClient<tonic::transport::Channel>,
+    id: &str,
+    name: &str,
+    dob: &str,
+) -> (tokio::sync::mpsc::Sender<VerifyBatch>, Answers) {
+    let (batches, rx) = tokio::sync::mpsc::channel(1);
+    batches
+        .send(VerifyBatch {
+            batch_seq: 1,
+            job_id: "trace-test".into(),
+            requests: vec![request(id, name, dob, Sex::Female)],
+        })
+        .await
+        .unwrap();
+    let mut answers = client
+        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    (batches, answers)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -101,40 +129,12 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
     // client keeps its side open a while after the first answer, so a span
     // that ended with the response's headers would be far shorter.
     let held_open = std::time::Duration::from_millis(300);
-    let (batches, rx) = tokio::sync::mpsc::channel(1);
-    batches
-        .send(VerifyBatch {
-            batch_seq: 1,
-            job_id: "trace-test".into(),
-            requests: vec![request(id, name, dob, Sex::Female)],
-        })
-        .await
-        .unwrap();
-    let mut answers = client
-        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answers.message().await.unwrap().is_some());
+    let (batches, mut answers) = open_stream(&mut client, id, name, dob).await;
     tokio::time::sleep(held_open).await;
     drop(batches);
     while answers.message().await.unwrap().is_some() {}
     // A stream the client abandons after its first answer.
-    let (batches, rx) = tokio::sync::mpsc::channel(1);
-    batches
-        .send(VerifyBatch {
-            batch_seq: 1,
-            job_id: "trace-test".into(),
-            requests: vec![request(id, name, dob, Sex::Female)],
-        })
-        .await
-        .unwrap();
-    let mut abandoned = client
-        .verify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(abandoned.message().await.unwrap().is_some());
+    let (batches, abandoned) = open_stream(&mut client, id, name, dob).await;
     drop(abandoned);
     drop(batches);
     // A clean stop flushes the spans still buffered.
