@@ -42,7 +42,7 @@ pub struct ServeArgs {
     pub demo: bool,
     /// Export traces (a span per call, joined to the caller's W3C
     /// `traceparent`) to this OpenTelemetry collector over OTLP/gRPC, e.g.
-    /// `http://127.0.0.1:4317`. Spans hold method, status and timing only.
+    /// `http://127.0.0.1:4317`. Spans hold method, caller, status and timing only.
     /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
     /// `OTEL_TRACES_SAMPLER` apply [default: no export].
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]

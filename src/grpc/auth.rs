@@ -172,6 +172,9 @@ pub fn require(
             .ok_or_else(|| {
                 Status::unauthenticated("client certificate is not registered with this gateway")
             })?;
+        // The call's span, when traces are exported (see `trace`): which
+        // carrier or auditor called. A no-op on a disabled span.
+        tracing::Span::current().record("simverify.caller", principal.carrier_id.as_ref());
         if !roles.contains(&principal.role) {
             return Err(Status::permission_denied(format!(
                 "role `{}` may not call this service",

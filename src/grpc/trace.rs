@@ -9,10 +9,10 @@
 //! stream's span covers the whole stream), and records the gRPC status,
 //! including one sent in the trailers after a stream.
 //!
-//! **Privacy:** the span holds the method's path and the status code only;
-//! a request's fields never reach it, and the statuses' messages are left
-//! out because an `INVALID_ARGUMENT`'s details name fields (never values),
-//! which the code already tells apart.
+//! **Privacy:** the span holds the method's path, the caller's principal
+//! (a carrier or auditor id from configuration) and the status code only;
+//! a request's fields never reach it, and neither do the statuses' messages
+//! (the code says how the call ended).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -107,6 +107,8 @@ fn rpc_span(path: &str, headers: &HeaderMap) -> Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
+        // Filled in by the identity check (`auth::require`).
+        simverify.caller = tracing::field::Empty,
     );
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
     // Fails only when the span is disabled (the export filtered it out).

@@ -166,6 +166,11 @@ async fn calls_are_traced_into_the_callers_trace(backend: Backend) {
         attr(joined, "rpc.method"),
         Some(Value::StringValue("Verify".into()))
     );
+    // The development principal every plaintext caller is.
+    assert_eq!(
+        attr(joined, "simverify.caller"),
+        Some(Value::StringValue("dev-carrier".into()))
+    );
     let untraced = verifies
         .iter()
         .find(|s| s.trace_id != joined.trace_id)
