@@ -912,7 +912,19 @@ impl Reader {
                 }
                 (segs[i - 1], segs.get(i).copied().unwrap_or(u64::MAX))
             };
-            if !matches!(&self.at, Some((f, _, n)) if *f == seg_first && *n == next) {
+            if matches!(&self.at, Some((f, _, n)) if *f == seg_first && *n == next) {
+                // What the buffer read past the last durable record is stale:
+                // the zeros filled ahead of the records (and any group then
+                // being written) have since been overwritten. Seeking to where
+                // the next record starts drops the buffer, so only bytes read
+                // now, of records already durable, are decoded.
+                let (_, r, _) = self.at.as_mut().expect("positioned");
+                // (`BufReader::seek` always empties the buffer; asking for the
+                // position alone would not.)
+                r.stream_position()
+                    .and_then(|at| r.seek(SeekFrom::Start(at)))
+                    .map_err(|e| self.shared.io(e))?;
+            } else {
                 self.at = Some(self.seek(seg_first, next)?);
             }
             let (_, r, n) = self.at.as_mut().expect("positioned");
@@ -1306,6 +1318,57 @@ mod tests {
         drop(j);
         tasks.indexer.await.unwrap();
         assert_eq!(s.audit_count().await.unwrap(), 310);
+    }
+
+    /// The indexer reads a segment while the writer is still filling it: its
+    /// read-ahead takes in the zeros past the last durable record, which the
+    /// next group then overwrites. Reading on must see that group, not the
+    /// zeros (which read as "a record length is impossible"; the indexer
+    /// retried, re-reading the segment from its start each time).
+    #[test]
+    fn the_reader_does_not_decode_what_it_read_ahead_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = create_segment(dir.path(), &[7; 16], 0).unwrap();
+        fill_zeros(&f, HEADER_LEN, HEADER_LEN + FILL_AHEAD).unwrap();
+        let mut group = |from: u64, to: u64| {
+            let mut buf = Vec::new();
+            encode_records(&(from..to).map(record).collect::<Vec<_>>(), &mut buf);
+            f.write_all(&buf).unwrap();
+        };
+        group(0, 10);
+        let (_, durable) = watch::channel(10);
+        let shared = Arc::new(Shared {
+            dir: dir.path().to_path_buf(),
+            journal_id: "test".into(),
+            durable,
+            indexed: watch::Sender::new(0),
+            segments: Mutex::new([0].into()),
+            last_append_us: 0.into(),
+            epoch: Instant::now(),
+            readers: 0.into(),
+            reader_came: tokio::sync::Notify::new(),
+        });
+        let mut reader = Reader {
+            shared,
+            at: None,
+            body: Vec::new(),
+        };
+        let ids = |recs: Vec<AuditRecord>| -> Vec<String> {
+            recs.into_iter().map(|r| r.request_id).collect()
+        };
+        let read = reader.read(0, 10).unwrap();
+        assert_eq!(
+            ids(read),
+            (0..10).map(|i| format!("req-{i}")).collect::<Vec<_>>()
+        );
+        group(10, 25);
+        let read = reader
+            .read(10, 25)
+            .expect("the records written after the first read");
+        assert_eq!(
+            ids(read),
+            (10..25).map(|i| format!("req-{i}")).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
