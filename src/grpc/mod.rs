@@ -259,16 +259,13 @@ impl Application {
             cfg.max_batch_items,
         ))
         .max_decoding_message_size(cfg.max_message_bytes);
-        let verification = tonic::service::interceptor::InterceptedService::new(
-            verification,
-            auth::require(&[Role::Carrier]),
-        );
-        let audit_service = tonic::service::interceptor::InterceptedService::new(
+        let verification = auth::RequireRole::new(verification, &[Role::Carrier]);
+        let audit_service = auth::RequireRole::new(
             crate::proto::audit_server::AuditServer::new(audit::AuditService::new(
                 verifier.clone(),
                 cfg.audit_signer.clone(),
             )),
-            auth::require(&[Role::Carrier, Role::Auditor]),
+            &[Role::Carrier, Role::Auditor],
         );
         drop(verifier);
 

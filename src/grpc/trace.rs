@@ -107,7 +107,7 @@ fn rpc_span(path: &str, headers: &HeaderMap) -> Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
-        // Filled in by the identity check (`auth::require`).
+        // Filled in by the identity check (`auth::RequireRole`).
         simverify.caller = tracing::field::Empty,
     );
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
