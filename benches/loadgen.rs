@@ -57,6 +57,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -1257,8 +1259,6 @@ fn main() {
     let args = Args::parse();
     // The gateway logs as `simverify serve` does: a subscriber at `info`
     // decides, for every span and event on the hot path, whether to build it.
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("info"))
         .with(

@@ -183,6 +183,27 @@ struct Shared {
 const BUSY_WINDOW: Duration = Duration::from_millis(50);
 
 impl Shared {
+    /// A journal's shared state, nothing appended since it opened.
+    fn new(
+        dir: PathBuf,
+        journal_id: String,
+        durable: watch::Receiver<u64>,
+        indexed: u64,
+        segments: VecDeque<u64>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            journal_id,
+            durable,
+            indexed: watch::Sender::new(indexed),
+            segments: Mutex::new(segments),
+            last_append_us: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
+            readers: std::sync::atomic::AtomicUsize::new(0),
+            reader_came: tokio::sync::Notify::new(),
+        })
+    }
+
     fn busy(&self) -> bool {
         let last = self
             .last_append_us
@@ -285,17 +306,13 @@ impl Journal {
             );
         }
         let (durable_tx, durable_rx) = watch::channel(opened.durable);
-        let shared = Arc::new(Shared {
-            dir: cfg.dir.clone(),
-            journal_id: opened.journal_id,
-            durable: durable_rx,
-            indexed: watch::Sender::new(indexed),
-            segments: Mutex::new(opened.segments),
-            last_append_us: std::sync::atomic::AtomicU64::new(0),
-            epoch: Instant::now(),
-            readers: std::sync::atomic::AtomicUsize::new(0),
-            reader_came: tokio::sync::Notify::new(),
-        });
+        let shared = Shared::new(
+            cfg.dir.clone(),
+            opened.journal_id,
+            durable_rx,
+            indexed,
+            opened.segments,
+        );
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
             shared: shared.clone(),
@@ -887,6 +904,15 @@ struct Reader {
 }
 
 impl Reader {
+    /// A reader positioned nowhere yet: its first read seeks.
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            at: None,
+            body: Vec::new(),
+        }
+    }
+
     /// Records `from..to`, all durable.
     fn read(&mut self, from: u64, to: u64) -> Result<Vec<AuditRecord>, JournalError> {
         let read = self.read_positioned(from, to);
@@ -918,9 +944,9 @@ impl Reader {
                 // being written) have since been overwritten. Seeking to where
                 // the next record starts drops the buffer, so only bytes read
                 // now, of records already durable, are decoded.
-                let (_, r, _) = self.at.as_mut().expect("positioned");
                 // (`BufReader::seek` always empties the buffer; asking for the
                 // position alone would not.)
+                let (_, r, _) = self.at.as_mut().expect("positioned");
                 r.stream_position()
                     .and_then(|at| r.seek(SeekFrom::Start(at)))
                     .map_err(|e| self.shared.io(e))?;
@@ -1042,11 +1068,7 @@ async fn index(
     writer: std::thread::JoinHandle<()>,
 ) {
     let mut durable_rx = shared.durable.clone();
-    let mut reader = Some(Reader {
-        shared: shared.clone(),
-        at: None,
-        body: Vec::new(),
-    });
+    let mut reader = Some(Reader::new(shared.clone()));
     let mut indexed = *shared.indexed.borrow();
     let mut failures = 0u32;
     let mut caught_up_at = Instant::now();
@@ -1337,22 +1359,13 @@ mod tests {
         };
         group(0, 10);
         let (_, durable) = watch::channel(10);
-        let shared = Arc::new(Shared {
-            dir: dir.path().to_path_buf(),
-            journal_id: "test".into(),
+        let mut reader = Reader::new(Shared::new(
+            dir.path().to_path_buf(),
+            "test".into(),
             durable,
-            indexed: watch::Sender::new(0),
-            segments: Mutex::new([0].into()),
-            last_append_us: 0.into(),
-            epoch: Instant::now(),
-            readers: 0.into(),
-            reader_came: tokio::sync::Notify::new(),
-        });
-        let mut reader = Reader {
-            shared,
-            at: None,
-            body: Vec::new(),
-        };
+            0,
+            [0].into(),
+        ));
         let ids = |recs: Vec<AuditRecord>| -> Vec<String> {
             recs.into_iter().map(|r| r.request_id).collect()
         };
