@@ -277,9 +277,9 @@ impl AuditService {
 impl pb::audit_server::Audit for AuditService {
     async fn checkpoint(
         &self,
-        request: Request<pb::CheckpointRequest>,
+        mut request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::SignedCheckpoint>, Status> {
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         if request.get_ref().fresh {
             if principal.role != Role::Auditor {
                 return Err(Status::permission_denied(
@@ -298,9 +298,9 @@ impl pb::audit_server::Audit for AuditService {
 
     async fn prove_inclusion(
         &self,
-        request: Request<pb::InclusionRequest>,
+        mut request: Request<pb::InclusionRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         let req = request.into_inner();
         self.caught_up().await;
         let rec = self
@@ -334,9 +334,9 @@ impl pb::audit_server::Audit for AuditService {
 
     async fn prove_consistency(
         &self,
-        request: Request<pb::ConsistencyRequest>,
+        mut request: Request<pb::ConsistencyRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
-        auth::principal(&request)?;
+        auth::principal(&mut request)?;
         let req = request.into_inner();
         if req.first == 0 {
             return Err(Status::invalid_argument(
@@ -363,9 +363,9 @@ impl pb::audit_server::Audit for AuditService {
 
     async fn query(
         &self,
-        request: Request<pb::AuditQuery>,
+        mut request: Request<pb::AuditQuery>,
     ) -> Result<Response<pb::AuditPage>, Status> {
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         let q = request.into_inner();
         let (f, mut recorded) = filter(&principal, q.filter, &self.verifier)?;
         let after = parse_token(&q.page_token)?;
@@ -398,9 +398,9 @@ impl pb::audit_server::Audit for AuditService {
 
     async fn stats(
         &self,
-        request: Request<pb::AuditStatsRequest>,
+        mut request: Request<pb::AuditStatsRequest>,
     ) -> Result<Response<pb::AuditStatsResponse>, Status> {
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         let (f, recorded) = filter(&principal, request.into_inner().filter, &self.verifier)?;
         let unindexed = self.caught_up().await;
         let rows = self

@@ -233,10 +233,10 @@ fn admit(extensions: &http::Extensions, roles: &[Role]) -> Result<Principal, Sta
     Ok(principal.clone())
 }
 
-/// The principal [`RequireRole`] admitted.
-pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .cloned()
+/// The principal [`RequireRole`] admitted, taken out of the request (the
+/// handler owns it from here, without a copy).
+pub fn principal<T>(req: &mut Request<T>) -> Result<Principal, Status> {
+    req.extensions_mut()
+        .remove::<Principal>()
         .ok_or_else(|| Status::unauthenticated("no authenticated principal"))
 }

@@ -61,11 +61,11 @@ type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::VerifyBatchResult, Stat
 impl pb::gateway::verification_server::Verification for VerificationService {
     async fn verify(
         &self,
-        request: Request<VerifyRequestIn>,
+        mut request: Request<VerifyRequestIn>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline(&request, started);
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         let _permit = self.limits.admit(&principal, 1)?;
         let msg = request.into_inner();
         let text = msg.text();
@@ -81,10 +81,10 @@ impl pb::gateway::verification_server::Verification for VerificationService {
 
     async fn verify_stream(
         &self,
-        request: Request<Streaming<VerifyBatchIn>>,
+        mut request: Request<Streaming<VerifyBatchIn>>,
     ) -> Result<Response<Self::VerifyStreamStream>, Status> {
         let deadline = deadline(&request, Instant::now());
-        let principal = auth::principal(&request)?;
+        let principal = auth::principal(&mut request)?;
         let inbound = request.into_inner();
         let this = self.clone();
         // The batches' tasks stay inside the call's span, if it has one.
