@@ -251,7 +251,18 @@ struct Submission {
     bytes: Vec<u8>,
     count: u64,
     deadline: Option<Instant>,
-    done: oneshot::Sender<Result<(), AuditError>>,
+    /// The outcome, and the submission's bytes handed back: freed by the
+    /// task that allocated them rather than by the writer thread. mimalloc
+    /// frees a block of another thread's page through an atomic list that
+    /// the owning thread must later collect (visible in unary profiles as
+    /// the collection inside the next `append`'s allocation).
+    done: oneshot::Sender<(Result<(), AuditError>, Vec<u8>)>,
+}
+
+impl Submission {
+    fn answer(self, result: Result<(), AuditError>) {
+        let _ = self.done.send((result, self.bytes));
+    }
 }
 
 /// Handle for appending to the journal; cheap to clone. When every handle
@@ -372,7 +383,9 @@ impl Journal {
             })
             .await
             .map_err(|_| AuditError::Stopped)?;
-        wait.await.map_err(|_| AuditError::Stopped)?
+        // The bytes come back to be freed here (see `Submission::done`).
+        let (result, _bytes) = wait.await.map_err(|_| AuditError::Stopped)?;
+        result
     }
 
     /// Waits until every record durable when called is in the store, or
@@ -799,7 +812,7 @@ impl Writer {
             while let Some(s) = next.take() {
                 if s.deadline.is_some_and(|d| d <= now) || s.done.is_closed() {
                     // Nobody will receive this answer: do not record it as given.
-                    let _ = s.done.send(Err(AuditError::DeadlineExceeded));
+                    s.answer(Err(AuditError::DeadlineExceeded));
                 } else {
                     bytes += s.bytes.len();
                     group.push(s);
@@ -813,7 +826,7 @@ impl Writer {
             }
             if broken {
                 for s in group.drain(..) {
-                    let _ = s.done.send(Err(AuditError::WriteFailed));
+                    s.answer(Err(AuditError::WriteFailed));
                 }
                 continue;
             }
@@ -852,7 +865,7 @@ impl Writer {
                 }
             };
             for s in group.drain(..) {
-                let _ = s.done.send(result.clone());
+                s.answer(result.clone());
             }
         }
         tracing::debug!("audit journal writer stopped");
