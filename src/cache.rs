@@ -294,7 +294,7 @@ pub struct MirrorCache {
 }
 
 /// One lookup in this many is also a moka `get` (see [`MirrorCache::lookup`]).
-const READ_SAMPLE: u32 = 16;
+const READ_SAMPLE: u32 = 64;
 
 /// Whether this lookup is the thread's one in [`READ_SAMPLE`] that moka sees.
 fn sampled() -> bool {
