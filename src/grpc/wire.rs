@@ -76,7 +76,12 @@ pub struct RequestText<'a> {
 impl VerifyRequestIn {
     pub fn text(&self) -> RequestText<'_> {
         fn t(b: &Bytes) -> Cow<'_, str> {
-            String::from_utf8_lossy(b)
+            // `from_utf8` checks ASCII a word at a time; `from_utf8_lossy`
+            // walks every byte even when there is nothing to replace.
+            match std::str::from_utf8(b) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(b),
+            }
         }
         RequestText {
             request_id: t(&self.request_id),
