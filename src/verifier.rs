@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{AuditError, AuditSink, CommitMode, JournalError};
 use crate::cache::{CacheConfig, CachedRecord, Lookup, LookupCounts, MirrorCache, Miss};
-use crate::clock;
+use crate::clock::Moment;
 use crate::domain::{
     AuditRecord, CivilDate, KeyedHasher, LookupKey, Purpose, RawRequest, Verdict, VerifyInput,
     Violation, decide,
@@ -200,11 +200,11 @@ impl Verifier {
         &self,
         caller: &Arc<str>,
         item: Item<'_>,
-        started: Instant,
+        started: Moment,
         deadline: Option<Instant>,
     ) -> Result<Answer, VerifyError> {
         let input =
-            VerifyInput::parse(&item.raw, clock::today_vn()).map_err(VerifyError::Invalid)?;
+            VerifyInput::parse(&item.raw, started.today_vn()).map_err(VerifyError::Invalid)?;
         let probe = input.into_probe(&self.inner.hasher);
         let cached = match self.inner.cache.lookup(&probe.lookup_key) {
             Lookup::Hit(hit) => {
@@ -244,10 +244,10 @@ impl Verifier {
         caller: &Arc<str>,
         job_id: Option<&str>,
         items: &[Item<'_>],
-        started: Instant,
+        started: Moment,
         deadline: Option<Instant>,
     ) -> Result<Vec<Answer>, VerifyError> {
-        let today: CivilDate = clock::today_vn();
+        let today: CivilDate = started.today_vn();
         let parsed: Vec<Result<_, Vec<Violation>>> = items
             .iter()
             .map(|it| VerifyInput::parse(&it.raw, today).map(|i| i.into_probe(&self.inner.hasher)))
@@ -377,10 +377,13 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(started: Instant) -> Self {
+    /// Now, for a call that arrived at `started`: one clock read, the
+    /// monotonic one.
+    fn of(started: Moment) -> Self {
+        let elapsed = started.instant.elapsed();
         Self {
-            recorded_at: clock::now_micros(),
-            latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+            recorded_at: started.wall_after(elapsed),
+            latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
         }
     }
 }

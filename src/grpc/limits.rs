@@ -43,7 +43,12 @@ impl Limits {
 
     /// Admits `items` verifications for `p`, or says why not and when to
     /// retry. Hold the permit until the work is done.
-    pub fn admit(&self, p: &Principal, items: u64) -> Result<OwnedSemaphorePermit, Status> {
+    pub fn admit(
+        &self,
+        p: &Principal,
+        items: u64,
+        at: clock::Moment,
+    ) -> Result<OwnedSemaphorePermit, Status> {
         let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             retry_status(
                 Code::Unavailable,
@@ -60,8 +65,8 @@ impl Limits {
                 p.burst
             )));
         }
-        let now = Instant::now();
-        let today = clock::today_vn().to_unix_days();
+        let now = at.instant;
+        let today = at.today_vn().to_unix_days();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let b = buckets.entry(p.carrier_id.clone()).or_insert(Bucket {
             tokens: p.burst as f64,
@@ -74,7 +79,7 @@ impl Limits {
             b.used_today = 0;
         }
         if b.used_today + items > p.daily_quota {
-            let secs_into_day = (clock::now_micros() / 1_000_000 + 7 * 3600).rem_euclid(86_400);
+            let secs_into_day = (at.wall_micros / 1_000_000 + 7 * 3600).rem_euclid(86_400);
             let until_midnight = Duration::from_secs((86_400 - secs_into_day) as u64);
             return Err(retry_status(
                 Code::ResourceExhausted,

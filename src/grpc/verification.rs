@@ -13,6 +13,7 @@ use super::auth::{self, Principal};
 use super::convert;
 use super::limits::Limits;
 use super::wire::{VerifyBatchIn, VerifyRequestIn};
+use crate::clock::Moment;
 use crate::domain::{Purpose, request::is_printable_token};
 use crate::proto as pb;
 use crate::verifier::Verifier;
@@ -63,10 +64,10 @@ impl pb::gateway::verification_server::Verification for VerificationService {
         &self,
         mut request: Request<VerifyRequestIn>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(&request, started);
+        let started = Moment::now();
+        let deadline = deadline(&request, started.instant);
         let principal = auth::principal(&mut request)?;
-        let _permit = self.limits.admit(&principal, 1)?;
+        let _permit = self.limits.admit(&principal, 1, started)?;
         let msg = request.into_inner();
         let text = msg.text();
         let item = convert::item(&text, Purpose::Activation);
@@ -91,11 +92,12 @@ impl pb::gateway::verification_server::Verification for VerificationService {
         let span = tracing::Span::current();
         let out = inbound
             .map(move |batch| {
-                let started = Instant::now();
+                let started = Moment::now();
                 // Checks and admission run here, in the stream's own task and
                 // in arrival order, so a carrier's limits are charged batch by
                 // batch as the batches came.
-                let admitted = batch.and_then(|b| Ok((this.admit_batch(&principal, &b)?, b)));
+                let admitted =
+                    batch.and_then(|b| Ok((this.admit_batch(&principal, &b, started)?, b)));
                 let (permit, batch) = match admitted {
                     Ok(a) => a,
                     Err(e) => return Worker::Done(Some(Err(e))),
@@ -170,6 +172,7 @@ impl VerificationService {
         &self,
         principal: &Principal,
         batch: &VerifyBatchIn,
+        at: Moment,
     ) -> Result<OwnedSemaphorePermit, Status> {
         if batch.requests.len() > self.max_batch_items {
             return Err(Status::invalid_argument(format!(
@@ -184,7 +187,8 @@ impl VerificationService {
                 "job_id: must be 1–64 printable ASCII characters",
             ));
         }
-        self.limits.admit(principal, batch.requests.len() as u64)
+        self.limits
+            .admit(principal, batch.requests.len() as u64, at)
     }
 
     /// Answers an admitted batch.
@@ -192,7 +196,7 @@ impl VerificationService {
         &self,
         carrier: &Arc<str>,
         batch: VerifyBatchIn,
-        started: Instant,
+        started: Moment,
         deadline: Option<Instant>,
     ) -> BatchResult {
         // Admission refused a job id that is not printable ASCII.
