@@ -47,6 +47,39 @@ use moka::sync::Cache;
 
 use crate::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
 
+/// One lookup read ahead step by step (see [`MirrorCache::read_ahead`]).
+/// Like `lookup_many`'s, it reads addresses only: the lookup itself reads
+/// again whatever it decides on.
+pub struct ReadAhead<'c> {
+    cache: &'c MirrorCache,
+    bucket: u32,
+    key: LookupKey,
+    /// Steps requested so far.
+    done: u8,
+}
+
+impl ReadAhead<'_> {
+    /// Requests the next step of the chain: the slot, its index, then the
+    /// record the index points at. Past the last step it does nothing.
+    pub fn step(&mut self) {
+        let state = self.cache.state(self.bucket);
+        let current = state.current();
+        if let Some(slot) = current.as_ref() {
+            match self.done {
+                1 => prefetch_object::<Slot>(slot),
+                2 => prefetch_slice(slot.read().index.as_slice()),
+                3 => {
+                    if let Some(bytes) = slot.read().candidates(&self.key.0).next() {
+                        prefetch_slice(&bytes[..bytes.len().min(READ_AHEAD)]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.done = self.done.saturating_add(1);
+    }
+}
+
 /// `None` is a negative entry. A hit decodes its record from the packed
 /// bucket, so the caller owns it.
 pub type CachedRecord = Option<MirrorRecord>;
@@ -509,6 +542,23 @@ impl MirrorCache {
         out
     }
 
+    /// Starts reading one key's lookup ahead: the first step of the chain
+    /// [`lookup_many`](Self::lookup_many) describes, the bucket, is
+    /// requested now, and each [`ReadAhead::step`] requests the next one.
+    /// A single request has no other lookups to overlap with, but it has
+    /// its own work: calling a step between pieces of it (the probe's
+    /// parsing and hashing) lets each wait run alongside that work.
+    pub fn read_ahead(&self, key: &LookupKey) -> ReadAhead<'_> {
+        let bucket = self.bucket_of(key);
+        prefetch_object(self.state(bucket));
+        ReadAhead {
+            cache: self,
+            bucket,
+            key: *key,
+            done: 1,
+        }
+    }
+
     /// The bucket's slot as lookups see it now.
     fn current(&self, b: u32) -> Option<Arc<Slot>> {
         let now = self.now();
@@ -954,6 +1004,36 @@ mod tests {
             cache.fill(k, miss, Some(&record(77, 2)));
             assert_eq!(cache.get(&k).flatten(), Some(record(77, 2)));
             assert!(cache.lookup_many(&[]).is_empty());
+        }
+    }
+
+    #[test]
+    fn reading_a_lookup_ahead_changes_nothing_it_finds() {
+        for cache in [small(), with_spare()] {
+            for i in 0..300 {
+                let value = (i % 4 != 0).then(|| record(i, (i % 6) as usize));
+                cache.insert(key(i), value.as_ref());
+                cache.insert(in_bucket_zero(i % 20), Some(&record(i % 20, 1)));
+            }
+            // Present, negative, absent from a bucket that holds others,
+            // and a bucket changed between the steps.
+            for k in [
+                key(5),
+                key(8),
+                key(5000),
+                in_bucket_zero(25),
+                in_bucket_zero(3),
+            ] {
+                let before = cache.get(&k);
+                let mut ahead = cache.read_ahead(&k);
+                ahead.step();
+                cache.insert(in_bucket_zero(40), Some(&record(40, 2)));
+                // More steps than the chain has.
+                for _ in 0..4 {
+                    ahead.step();
+                }
+                assert_eq!(cache.get(&k), before);
+            }
         }
     }
 

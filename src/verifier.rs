@@ -203,9 +203,19 @@ impl Verifier {
         started: Moment,
         deadline: Option<Instant>,
     ) -> Result<Answer, VerifyError> {
-        let input =
-            VerifyInput::parse(&item.raw, started.today_vn()).map_err(VerifyError::Invalid)?;
-        let probe = input.into_probe(&self.inner.hasher);
+        // The cache lookup is read ahead while the request is parsed and
+        // hashed (see `MirrorCache::read_ahead`).
+        let mut ahead = None;
+        let probe = VerifyInput::parse_into_probe(
+            &item.raw,
+            started.today_vn(),
+            &self.inner.hasher,
+            |key| match &mut ahead {
+                None => ahead = Some(self.inner.cache.read_ahead(key)),
+                Some(a) => a.step(),
+            },
+        )
+        .map_err(VerifyError::Invalid)?;
         let cached = match self.inner.cache.lookup(&probe.lookup_key) {
             Lookup::Hit(hit) => {
                 self.inner.cache.count(1, 0);

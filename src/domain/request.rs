@@ -3,7 +3,7 @@
 
 use super::citizen_id::{CitizenId, CitizenIdError};
 use super::date::{CivilDate, DateOfBirth};
-use super::hashing::{FieldTag, KeyedHasher, LookupKey};
+use super::hashing::{FieldTag, KeyedHasher, LookupKey, MsisdnHash};
 use super::matching::{MirrorRecord, Probe, RecordStatus};
 use super::msisdn::Msisdn;
 use super::name::FullName;
@@ -156,6 +156,22 @@ impl VerifyInput {
     /// `request_id` and `consent_ref` are checked here too, though they are
     /// carried outside the domain value.
     pub fn parse(raw: &RawRequest<'_>, today: CivilDate) -> Result<Self, Vec<Violation>> {
+        Self::parse_with(raw, today, |_| ())
+    }
+
+    /// `parse`, calling `id_known` with the ID number as soon as it is
+    /// known to be valid, before the other fields are parsed.
+    fn parse_with(
+        raw: &RawRequest<'_>,
+        today: CivilDate,
+        id_known: impl FnOnce(&CitizenId),
+    ) -> Result<Self, Vec<Violation>> {
+        // The ID number first, though its violation keeps its place in the
+        // list: what the caller starts on it overlaps the other fields.
+        let id = CitizenId::parse(raw.id_number);
+        if let Ok(id) = &id {
+            id_known(id);
+        }
         let mut bad = Vec::new();
         if !is_printable_token(raw.request_id, MAX_REQUEST_ID_LEN) {
             bad.push(Violation::new(
@@ -171,7 +187,7 @@ impl VerifyInput {
         let msisdn = Msisdn::parse(raw.msisdn)
             .map_err(|e| bad.push(Violation::new(Field::Msisdn, e.code(), e)))
             .ok();
-        let id = CitizenId::parse(raw.id_number)
+        let id = id
             .map_err(|e: CitizenIdError| bad.push(Violation::new(Field::IdNumber, e.code(), e)))
             .ok();
         let name = if raw.full_name.trim().is_empty() {
@@ -221,13 +237,45 @@ impl VerifyInput {
         r
     }
 
+    /// Parses a request and works out its keyed form in one pass, calling
+    /// `progress` with the lookup key at three points along the way: as
+    /// soon as the ID number is parsed and hashed, once the other fields
+    /// are parsed, and once the phone number is hashed. A caller that will
+    /// look the key up can start reading its memory at the first call and
+    /// go a step further at each next one, so that the lookup's cache
+    /// misses overlap this work instead of following it.
+    pub fn parse_into_probe(
+        raw: &RawRequest<'_>,
+        today: CivilDate,
+        hasher: &KeyedHasher,
+        mut progress: impl FnMut(&LookupKey),
+    ) -> Result<Probe, Vec<Violation>> {
+        let mut key = None;
+        let input = Self::parse_with(raw, today, |id| {
+            let k = hasher.lookup_key(id);
+            progress(&k);
+            key = Some(k);
+        })?;
+        // A valid input has a valid ID number, so the key was made.
+        let lookup_key = key.unwrap_or_else(|| hasher.lookup_key(&input.id));
+        progress(&lookup_key);
+        let msisdn_hash = hasher.msisdn(&input.msisdn);
+        progress(&lookup_key);
+        Ok(input.probe(hasher, lookup_key, msisdn_hash))
+    }
+
     /// The keyed form the matcher works on.
     pub fn into_probe(self, hasher: &KeyedHasher) -> Probe {
         let lookup_key = hasher.lookup_key(&self.id);
+        let msisdn_hash = hasher.msisdn(&self.msisdn);
+        self.probe(hasher, lookup_key, msisdn_hash)
+    }
+
+    fn probe(self, hasher: &KeyedHasher, lookup_key: LookupKey, msisdn_hash: MsisdnHash) -> Probe {
         let id_conflicts = self.id_conflicts();
         Probe {
             lookup_key,
-            msisdn_hash: hasher.msisdn(&self.msisdn),
+            msisdn_hash,
             record: hasher.record(&lookup_key),
             name: self.name,
             dob: self.dob,
@@ -496,5 +544,45 @@ mod tests {
             TODAY,
         );
         assert_eq!(e.unwrap_err().0.field, Field::Status);
+    }
+
+    #[test]
+    fn a_probe_made_in_one_pass_is_the_probe_made_in_two() {
+        let hasher = KeyedHasher::new(&[7u8; 32], 1).unwrap();
+        let bad_name = RawRequest {
+            full_name: "Nguyen 3",
+            ..raw()
+        };
+        let bad_id = RawRequest {
+            request_id: "",
+            id_number: "123456789",
+            ..raw()
+        };
+        let conflicting = RawRequest {
+            sex: Some(Sex::Female),
+            date_of_birth: "1991-05-17",
+            ..raw()
+        };
+        for r in [raw(), bad_name, bad_id, conflicting] {
+            let mut seen = Vec::new();
+            let one = VerifyInput::parse_into_probe(&r, TODAY, &hasher, |k| seen.push(*k));
+            match (one, VerifyInput::parse(&r, TODAY)) {
+                (Ok(p), Ok(input)) => {
+                    let q = input.into_probe(&hasher);
+                    assert!(p.lookup_key == q.lookup_key && p.msisdn_hash == q.msisdn_hash);
+                    assert!(p.name == q.name && p.dob == q.dob && p.sex == q.sex);
+                    assert_eq!(p.id_conflicts, q.id_conflicts);
+                    // Told of the key three times, the same key each time.
+                    assert_eq!(seen, [p.lookup_key; 3]);
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a, b);
+                    // Told of the key once if the ID number was valid.
+                    let id_valid = CitizenId::parse(r.id_number).is_ok();
+                    assert_eq!(seen.len(), usize::from(id_valid));
+                }
+                (one, two) => panic!("one pass {:?}, two {:?}", one.is_ok(), two.is_ok()),
+            }
+        }
     }
 }
