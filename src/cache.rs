@@ -47,9 +47,9 @@ use moka::sync::Cache;
 
 use crate::domain::{DobPrecision, FieldHash, LookupKey, MirrorRecord, RecordStatus};
 
-/// One lookup read ahead step by step (see [`MirrorCache::read_ahead`]).
-/// Like `lookup_many`'s, it reads addresses only: the lookup itself reads
-/// again whatever it decides on.
+/// One lookup read ahead step by step (see [`MirrorCache::read_ahead`];
+/// `lookup_many` steps one per key of a group). It reads addresses only:
+/// the lookup itself reads again whatever it decides on.
 pub struct ReadAhead<'c> {
     cache: &'c MirrorCache,
     bucket: u32,
@@ -57,6 +57,9 @@ pub struct ReadAhead<'c> {
     /// Steps requested so far.
     done: u8,
 }
+
+/// Steps of a [`ReadAhead`] after the bucket: the slot, its index, the record.
+const READ_AHEAD_STEPS: usize = 3;
 
 impl ReadAhead<'_> {
     /// Requests the next step of the chain: the slot, its index, then the
@@ -516,25 +519,13 @@ impl MirrorCache {
         // their lines to stay cached until used.
         const GROUP: usize = 32;
         let mut out = Vec::with_capacity(keys.len());
+        let mut ahead = Vec::with_capacity(GROUP.min(keys.len()));
         for group in keys.chunks(GROUP) {
-            for k in group {
-                prefetch_object(self.state(self.bucket_of(k)));
-            }
-            for k in group {
-                if let Some(slot) = self.state(self.bucket_of(k)).current().as_ref() {
-                    prefetch_object::<Slot>(slot);
-                }
-            }
-            for k in group {
-                if let Some(slot) = self.state(self.bucket_of(k)).current().as_ref() {
-                    prefetch_slice(slot.read().index.as_slice());
-                }
-            }
-            for k in group {
-                if let Some(slot) = self.state(self.bucket_of(k)).current().as_ref()
-                    && let Some(bytes) = slot.read().candidates(&k.0).next()
-                {
-                    prefetch_slice(&bytes[..bytes.len().min(READ_AHEAD)]);
+            ahead.clear();
+            ahead.extend(group.iter().map(|k| self.read_ahead(k)));
+            for _ in 0..READ_AHEAD_STEPS {
+                for a in &mut ahead {
+                    a.step();
                 }
             }
             out.extend(group.iter().map(|k| self.lookup(k)));
@@ -968,15 +959,20 @@ mod tests {
         assert_eq!(cache.entry_count(), 500);
     }
 
+    /// Keys 0..300, one in four a negative entry, and 20 records in
+    /// bucket zero: buckets holding several records, and tags that collide.
+    fn fill_mixed(cache: &MirrorCache) {
+        for i in 0..300 {
+            let value = (i % 4 != 0).then(|| record(i, (i % 6) as usize));
+            cache.insert(key(i), value.as_ref());
+            cache.insert(in_bucket_zero(i % 20), Some(&record(i % 20, 1)));
+        }
+    }
+
     #[test]
     fn lookups_of_many_keys_answer_as_one_lookup_each() {
         for cache in [small(), with_spare()] {
-            for i in 0..300 {
-                let value = (i % 4 != 0).then(|| record(i, (i % 6) as usize));
-                cache.insert(key(i), value.as_ref());
-                // Buckets holding several records, and tags that collide.
-                cache.insert(in_bucket_zero(i % 20), Some(&record(i % 20, 1)));
-            }
+            fill_mixed(&cache);
             cache.invalidate(&key(9));
             // Cached and not, positive and negative, repeated, more than one
             // group of read-ahead, and an empty group's worth at the end.
@@ -1010,11 +1006,7 @@ mod tests {
     #[test]
     fn reading_a_lookup_ahead_changes_nothing_it_finds() {
         for cache in [small(), with_spare()] {
-            for i in 0..300 {
-                let value = (i % 4 != 0).then(|| record(i, (i % 6) as usize));
-                cache.insert(key(i), value.as_ref());
-                cache.insert(in_bucket_zero(i % 20), Some(&record(i % 20, 1)));
-            }
+            fill_mixed(&cache);
             // Present, negative, absent from a bucket that holds others,
             // and a bucket changed between the steps.
             for k in [

@@ -48,6 +48,13 @@ impl Moment {
         vn_date_at(self.wall_micros)
     }
 
+    /// How long from this moment until midnight in Vietnam, when a day's
+    /// quota starts again (a whole day at midnight itself).
+    pub fn until_midnight_vn(&self) -> Duration {
+        let into_day = (self.wall_micros.div_euclid(1_000_000) + VN_OFFSET_SECS).rem_euclid(86_400);
+        Duration::from_secs((86_400 - into_day) as u64)
+    }
+
     /// The wall time `elapsed` after this moment, in microseconds. Measured
     /// on the monotonic clock, so a wall-clock step during a call does not
     /// move it (it moves the next call's reading).
@@ -82,6 +89,14 @@ mod tests {
         );
         // Before the epoch the division still rounds down.
         assert_eq!(at(-1).today_vn(), CivilDate::new(1970, 1, 1).unwrap());
+        assert_eq!(
+            at(midnight_hanoi - 1).until_midnight_vn(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            at(midnight_hanoi).until_midnight_vn(),
+            Duration::from_secs(86_400)
+        );
     }
 
     #[test]

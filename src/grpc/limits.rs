@@ -79,12 +79,10 @@ impl Limits {
             b.used_today = 0;
         }
         if b.used_today + items > p.daily_quota {
-            let secs_into_day = (at.wall_micros / 1_000_000 + 7 * 3600).rem_euclid(86_400);
-            let until_midnight = Duration::from_secs((86_400 - secs_into_day) as u64);
             return Err(retry_status(
                 Code::ResourceExhausted,
                 format!("daily quota of {} verifications is used up", p.daily_quota),
-                until_midnight,
+                at.until_midnight_vn(),
             ));
         }
         let elapsed = now.duration_since(b.refilled).as_secs_f64();
