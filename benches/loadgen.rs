@@ -896,7 +896,7 @@ async fn run(args: Args) {
     let mut imports: Vec<(String, f64)> = Vec::new();
     let mut pg_import = None;
     // A first import: PostgreSQL takes it through COPY, SQLite through its
-    // multi-row upsert (see `Store::insert_new_records`).
+    // multi-row upsert (see `Store::begin_bulk_insert`).
     for (name, tag, url, how) in [
         ("SQLite", "sqlite", &sqlite_url, "upsert"),
         ("PostgreSQL", "postgres", &pg_url, "COPY"),

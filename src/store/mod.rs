@@ -247,20 +247,13 @@ impl Store {
         dispatch!(self, s => s.upsert_records(&rows, now_us).await)
     }
 
-    /// Inserts records of which none exists yet: the bulk path of a first
-    /// import. On PostgreSQL this is a binary `COPY`, about twice as fast as
-    /// the upsert. `Ok(None)` means nothing was written and
-    /// [`Store::upsert_records`] must be used: a key already existed, or the
-    /// backend has no faster path than its upsert.
-    pub async fn insert_new_records(
-        &self,
-        rows: &[(LookupKey, MirrorRecord)],
-        now_us: i64,
-    ) -> Result<Option<u64>, StoreError> {
+    /// Opens the bulk path of a first import, for records of which none
+    /// exists yet; `None` where the backend has no faster path than
+    /// [`Store::upsert_records`] (SQLite).
+    pub async fn begin_bulk_insert(&self) -> Result<Option<BulkInsert>, StoreError> {
         match self {
             Store::Sqlite(_) => Ok(None),
-            Store::Postgres(_) if rows.is_empty() => Ok(Some(0)),
-            Store::Postgres(s) => s.insert_new_records(&last_per_key(rows), now_us).await,
+            Store::Postgres(s) => Ok(Some(BulkInsert(s.begin_bulk().await?))),
         }
     }
 
@@ -461,6 +454,35 @@ impl Store {
 
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
+    }
+}
+
+/// A first import's bulk insert: on PostgreSQL one binary `COPY` that chunk
+/// after chunk is streamed into, about twice as fast as the upsert. The
+/// database parses one chunk while the next is sent, instead of waiting for a
+/// statement and a commit per chunk. All or nothing: [`BulkInsert::finish`]
+/// commits every chunk sent, or, if a key already existed, none of them.
+pub struct BulkInsert(postgres::PgBulk);
+
+impl BulkInsert {
+    /// Streams rows in. Within `rows`, the last entry for a key wins; a key
+    /// sent twice across calls fails the whole insert at `finish`.
+    pub async fn send(
+        &mut self,
+        rows: &[(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.0.send(&last_per_key(rows), now_us).await
+    }
+
+    /// Commits what was sent and returns the rows written, or `Ok(None)` if
+    /// a key already existed: then nothing was written, and the rows must go
+    /// through [`Store::upsert_records`] instead.
+    pub async fn finish(self) -> Result<Option<u64>, StoreError> {
+        self.0.finish().await
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgCopyIn, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
@@ -21,6 +22,63 @@ const AUDIT_KEY_PREFIX: bool = false;
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+}
+
+/// PostgreSQL's binary `COPY` header: the signature, then zero flags and a
+/// zero-length header extension. Rows follow as a field count and each field
+/// as length + big-endian value; a -1 field count ends the data.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// An open binary `COPY` into `mirror_records`. Dropped unfinished, sqlx
+/// cancels it and nothing it carried is written.
+pub struct PgBulk {
+    copy: PgCopyIn<PoolConnection<Postgres>>,
+    /// Reused for every chunk's encoding.
+    buf: Vec<u8>,
+}
+
+impl PgBulk {
+    pub async fn send(
+        &mut self,
+        rows: &[&(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.reserve(rows.len() * 230);
+        for (k, r) in rows.iter().map(|r| (&r.0, &r.1)) {
+            buf.extend_from_slice(&11i16.to_be_bytes());
+            let mut field = |b: &[u8]| {
+                buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                buf.extend_from_slice(b);
+            };
+            field(&k.0);
+            field(&(r.key_id as i16).to_be_bytes());
+            field(&r.name.0);
+            field(&r.folded.0);
+            field(&pack_tokens(r));
+            field(&r.dob.0);
+            field(&r.dob_precision.as_i16().to_be_bytes());
+            field(&r.sex.0);
+            field(&r.status.as_i16().to_be_bytes());
+            field(&r.source_version.to_be_bytes());
+            field(&now_us.to_be_bytes());
+        }
+        self.copy.send(&self.buf[..]).await?;
+        Ok(())
+    }
+
+    /// Ends the data and commits it. `Ok(None)`: a key already existed (in
+    /// the table or earlier in this `COPY`), and nothing was written.
+    pub async fn finish(mut self) -> Result<Option<u64>, StoreError> {
+        self.copy.send(&(-1i16).to_be_bytes()[..]).await?;
+        match self.copy.finish().await {
+            Ok(n) => Ok(Some(n)),
+            // A COPY is one statement: on a duplicate key nothing was written.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 fn mirror_row(r: &PgRow) -> Result<RawMirrorRow, sqlx::Error> {
@@ -209,52 +267,22 @@ impl PgStore {
         Ok(res.rows_affected())
     }
 
-    pub async fn insert_new_records(
-        &self,
-        rows: &[&(LookupKey, MirrorRecord)],
-        now_us: i64,
-    ) -> Result<Option<u64>, StoreError> {
-        // PostgreSQL's binary COPY format: a signature, flags and header
-        // extension length, then per row the field count and each field as
-        // length + big-endian value, then a -1 trailer.
-        let mut buf = Vec::with_capacity(32 + rows.len() * 230);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        for (k, r) in rows.iter().map(|r| (&r.0, &r.1)) {
-            buf.extend_from_slice(&11i16.to_be_bytes());
-            let mut field = |b: &[u8]| {
-                buf.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                buf.extend_from_slice(b);
-            };
-            field(&k.0);
-            field(&(r.key_id as i16).to_be_bytes());
-            field(&r.name.0);
-            field(&r.folded.0);
-            field(&pack_tokens(r));
-            field(&r.dob.0);
-            field(&r.dob_precision.as_i16().to_be_bytes());
-            field(&r.sex.0);
-            field(&r.status.as_i16().to_be_bytes());
-            field(&r.source_version.to_be_bytes());
-            field(&now_us.to_be_bytes());
-        }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut conn = self.pool.acquire().await?;
-        let mut copy = conn
+    /// Opens the `COPY` a first import streams its chunks into (see
+    /// [`super::BulkInsert`]).
+    pub async fn begin_bulk(&self) -> Result<PgBulk, StoreError> {
+        let mut copy = self
+            .pool
             .copy_in_raw(
                 "COPY mirror_records (lookup_key, key_id, name_hash, folded_hash, token_hashes, \
                  dob_hash, dob_precision, sex_hash, status, source_version, updated_at) \
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
-        copy.send(buf).await?;
-        match copy.finish().await {
-            Ok(n) => Ok(Some(n)),
-            // A COPY is one statement: on a duplicate key nothing was written.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        copy.send(COPY_HEADER).await?;
+        Ok(PgBulk {
+            copy,
+            buf: Vec::new(),
+        })
     }
 
     pub async fn delete_records(

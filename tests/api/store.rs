@@ -227,6 +227,53 @@ async fn a_different_key_is_refused(backend: Backend) {
     ));
 }
 
+/// A first import streams its chunks into bulk inserts of many chunks each
+/// (on PostgreSQL). An ID repeated within one of them fails it as a whole;
+/// its chunks then go through the upsert in file order, so that every row
+/// arrives, none is counted twice, and the ID's last row wins, as on SQLite.
+async fn a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut csv = Vec::new();
+    simverify::r#gen::write_population(
+        &simverify::r#gen::PopulationConfig::new(16_000, 7, TODAY),
+        &mut csv,
+    )
+    .unwrap();
+    let mut csv = String::from_utf8(csv).unwrap();
+    let line = |n: usize| csv.lines().nth(n).unwrap().to_owned();
+    // Row 7,000 (the second chunk, the second bulk insert) comes back as
+    // the file's last row (the fourth chunk, the same insert), renamed.
+    let first: Vec<String> = line(1).split(',').map(str::to_owned).collect();
+    let again: Vec<String> = line(7_000).split(',').map(str::to_owned).collect();
+    let renamed = "Lê Văn Cuối";
+    csv.push_str(&format!(
+        "{},{renamed},{},{},\n",
+        again[0], again[2], again[3]
+    ));
+    let report = crate::helpers::import(&store, &csv).await;
+    assert_eq!(
+        (
+            report.rows_read,
+            report.changed,
+            report.unchanged,
+            report.rejected
+        ),
+        (16_001, 16_001, 0, 0)
+    );
+    assert_eq!(store.record_count().await.unwrap(), 16_000);
+    let stored = |id: &str, name: &str, dob: &str, sex: &str| {
+        let (key, rec) = Identity::parse(id, name, dob, sex, "", TODAY)
+            .unwrap()
+            .to_record(&test_hasher(), report.version);
+        let store = store.clone();
+        async move { (store.get_record(&key).await.unwrap().unwrap(), rec) }
+    };
+    let (got, want) = stored(&again[0], renamed, &again[2], &again[3]).await;
+    assert_eq!((got.name, got.folded), (want.name, want.folded));
+    let (got, want) = stored(&first[0], &first[1], &first[2], &first[3]).await;
+    assert_eq!((got.name, got.dob), (want.name, want.dob));
+}
+
 both_backends!(
     upsert_is_idempotent_and_counts_changes,
     get_records_returns_only_existing,
@@ -234,4 +281,5 @@ both_backends!(
     audit_round_trips,
     journal_marks_move_with_their_records,
     a_different_key_is_refused,
+    a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id,
 );
