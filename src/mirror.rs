@@ -14,10 +14,12 @@ use crate::store::{BulkInsert, ImportStats, Store, StoreError};
 
 /// Rows per store transaction (per upsert statement on PostgreSQL).
 const CHUNK_ROWS: usize = 5000;
-/// Rows per bulk `COPY` of a first import: each ends with a commit, during
-/// which the database waits (with one per 5,000 rows it was busy 75–88% of
-/// the import). Also what the import holds in memory to redo through the
-/// upsert if a key turns out to exist: about 30 MB.
+/// Rows per bulk insert (after the first, which is one chunk). Each ends
+/// with a commit, during which the database waits: with one per 5,000 rows,
+/// PostgreSQL was busy 75–88% of an import, and SQLite wrote each page a
+/// chunk touched to its WAL once per chunk. Also what the import holds in
+/// memory to redo through the upsert if PostgreSQL finds a key that exists:
+/// about 30 MB.
 const BULK_ROWS: usize = 100_000;
 /// Rejected rows kept in the report (all are counted).
 const MAX_REPORTED_REJECTS: usize = 10_000;
@@ -83,6 +85,7 @@ enum Chunk {
 struct Bulk {
     open: Option<BulkInsert>,
     sent: Vec<Vec<(LookupKey, MirrorRecord)>>,
+    commits: u64,
 }
 
 impl Bulk {
@@ -105,6 +108,7 @@ impl Bulk {
         let sent = std::mem::take(&mut self.sent);
         if let Some(n) = open.finish().await? {
             report.count(sent.iter().map(Vec::len).sum(), n);
+            self.commits += 1;
             return Ok(true);
         }
         for rows in sent {
@@ -181,10 +185,11 @@ pub async fn import_csv<R: Read + Send + 'static>(
         version,
         ..Default::default()
     };
-    // A first import only adds records: they go in through the store's bulk
-    // path until a key turns out to exist already, then through the upsert.
+    // Rows go in through the store's bulk path (see `BulkInsert`) until it
+    // refuses a key that exists already (PostgreSQL's `COPY`, which only
+    // adds records: a first import), then through the upsert.
     let mut bulk = Bulk::default();
-    let mut only_new = true;
+    let mut bulk_path = true;
     while let Some(msg) = rx.recv().await {
         match msg? {
             Chunk::Rejected(r) => {
@@ -199,23 +204,22 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 rows_read,
             } => {
                 let now = clock::now_micros();
-                if only_new && bulk.open.is_none() {
-                    bulk.open = store.begin_bulk_insert().await?;
-                    only_new = bulk.open.is_some();
+                if bulk_path && bulk.open.is_none() {
+                    bulk.open = Some(store.begin_bulk_insert().await?);
                 }
                 if let Some(open) = &mut bulk.open {
                     open.send(&upserts, now).await?;
                     bulk.sent.push(upserts);
                     // The first insert is one chunk, so that an import over an
                     // existing mirror learns at once that it must upsert.
-                    let limit = if report.changed == 0 {
+                    let limit = if bulk.commits == 0 {
                         CHUNK_ROWS
                     } else {
                         BULK_ROWS
                     };
                     // Deletions wait for the rows read before them.
                     if bulk.rows() >= limit || !deletes.is_empty() {
-                        only_new = bulk.finish(store, &mut report).await?;
+                        bulk_path = bulk.finish(store, &mut report).await?;
                     }
                 } else {
                     let changed = store.upsert_records(&upserts, now).await?;

@@ -247,14 +247,12 @@ impl Store {
         dispatch!(self, s => s.upsert_records(&rows, now_us).await)
     }
 
-    /// Opens the bulk path of a first import, for records of which none
-    /// exists yet; `None` where the backend has no faster path than
-    /// [`Store::upsert_records`] (SQLite).
-    pub async fn begin_bulk_insert(&self) -> Result<Option<BulkInsert>, StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(s) => Ok(Some(BulkInsert(s.begin_bulk().await?))),
-        }
+    /// Opens the bulk path of an import (see [`BulkInsert`]).
+    pub async fn begin_bulk_insert(&self) -> Result<BulkInsert, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => BulkInsert::Sqlite(s.begin_bulk().await?),
+            Store::Postgres(s) => BulkInsert::Postgres(s.begin_bulk().await?),
+        })
     }
 
     /// Deletes records and leaves tombstones for cache invalidation.
@@ -457,16 +455,25 @@ impl Store {
     }
 }
 
-/// A first import's bulk insert: on PostgreSQL one binary `COPY` that chunk
-/// after chunk is streamed into, about twice as fast as the upsert. The
-/// database parses one chunk while the next is sent, instead of waiting for a
-/// statement and a commit per chunk. All or nothing: [`BulkInsert::finish`]
-/// commits every chunk sent, or, if a key already existed, none of them.
-pub struct BulkInsert(postgres::PgBulk);
+/// An import's bulk path: many chunks in one statement or transaction, so
+/// that the database does not wait for a commit (and, on PostgreSQL, for the
+/// next statement) between chunks.
+///
+/// - PostgreSQL: one binary `COPY`, about twice as fast as the upsert, for
+///   records of which none exists yet. All or nothing: if a key already
+///   existed, [`BulkInsert::finish`] writes none of the rows sent.
+/// - SQLite: one transaction of the same upserts as
+///   [`Store::upsert_records`]; it takes existing keys. While it is open,
+///   other writers to the file (a gateway's audit indexer) wait for it.
+pub enum BulkInsert {
+    Sqlite(sqlite::SqliteBulk),
+    Postgres(postgres::PgBulk),
+}
 
 impl BulkInsert {
-    /// Streams rows in. Within `rows`, the last entry for a key wins; a key
-    /// sent twice across calls fails the whole insert at `finish`.
+    /// Streams rows in. Within `rows`, the last entry for a key wins; on
+    /// PostgreSQL a key sent twice across calls fails the whole insert at
+    /// `finish`.
     pub async fn send(
         &mut self,
         rows: &[(LookupKey, MirrorRecord)],
@@ -475,14 +482,22 @@ impl BulkInsert {
         if rows.is_empty() {
             return Ok(());
         }
-        self.0.send(&last_per_key(rows), now_us).await
+        let rows = last_per_key(rows);
+        match self {
+            BulkInsert::Sqlite(b) => b.send(&rows, now_us).await,
+            BulkInsert::Postgres(b) => b.send(&rows, now_us).await,
+        }
     }
 
-    /// Commits what was sent and returns the rows written, or `Ok(None)` if
-    /// a key already existed: then nothing was written, and the rows must go
+    /// Commits what was sent and returns the rows that changed, or
+    /// `Ok(None)` if a key already existed where the bulk path cannot take
+    /// one (PostgreSQL): then nothing was written, and the rows must go
     /// through [`Store::upsert_records`] instead.
     pub async fn finish(self) -> Result<Option<u64>, StoreError> {
-        self.0.finish().await
+        match self {
+            BulkInsert::Sqlite(b) => b.finish().await,
+            BulkInsert::Postgres(b) => b.finish().await,
+        }
     }
 }
 

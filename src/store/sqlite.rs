@@ -8,7 +8,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{
     AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
@@ -27,6 +27,75 @@ const MIRROR_COLUMNS: &str = "lookup_key, key_id, name_hash, folded_hash, token_
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+}
+
+/// One transaction of upserts spanning many chunks. Dropped unfinished, it
+/// rolls back.
+pub struct SqliteBulk {
+    tx: Transaction<'static, Sqlite>,
+    changed: u64,
+}
+
+impl SqliteBulk {
+    pub async fn send(
+        &mut self,
+        rows: &[&(LookupKey, MirrorRecord)],
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        self.changed += upsert_in(&mut self.tx, rows, now_us).await?;
+        Ok(())
+    }
+
+    /// Commits; the rows that changed. Never `None`: SQLite's bulk path is
+    /// its upsert, which takes existing keys.
+    pub async fn finish(self) -> Result<Option<u64>, StoreError> {
+        self.tx.commit().await?;
+        Ok(Some(self.changed))
+    }
+}
+
+/// Inserts or updates `rows`, leaving rows equal to what is stored alone;
+/// returns how many changed.
+async fn upsert_in(
+    conn: &mut SqliteConnection,
+    rows: &[&(LookupKey, MirrorRecord)],
+    now_us: i64,
+) -> Result<u64, StoreError> {
+    let mut changed = 0;
+    for chunk in rows.chunks(SQLITE_CHUNK / 2) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO mirror_records (lookup_key, key_id, name_hash, folded_hash, \
+             token_hashes, dob_hash, dob_precision, sex_hash, status, source_version, updated_at) ",
+        );
+        qb.push_values(chunk, |mut b, (k, r)| {
+            b.push_bind(k.0.to_vec())
+                .push_bind(i64::from(r.key_id))
+                .push_bind(r.name.0.to_vec())
+                .push_bind(r.folded.0.to_vec())
+                .push_bind(pack_tokens(r))
+                .push_bind(r.dob.0.to_vec())
+                .push_bind(i64::from(r.dob_precision.as_i16()))
+                .push_bind(r.sex.0.to_vec())
+                .push_bind(i64::from(r.status.as_i16()))
+                .push_bind(r.source_version)
+                .push_bind(now_us);
+        });
+        qb.push(
+            " ON CONFLICT (lookup_key) DO UPDATE SET key_id = excluded.key_id, \
+             name_hash = excluded.name_hash, folded_hash = excluded.folded_hash, \
+             token_hashes = excluded.token_hashes, dob_hash = excluded.dob_hash, \
+             dob_precision = excluded.dob_precision, sex_hash = excluded.sex_hash, \
+             status = excluded.status, source_version = excluded.source_version, \
+             updated_at = excluded.updated_at \
+             WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
+             mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
+             mirror_records.sex_hash, mirror_records.status) IS NOT (excluded.key_id, \
+             excluded.name_hash, excluded.folded_hash, excluded.token_hashes, excluded.dob_hash, \
+             excluded.dob_precision, excluded.sex_hash, excluded.status)",
+        );
+        changed += qb.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(changed)
 }
 
 fn mirror_row(r: &SqliteRow) -> Result<RawMirrorRow, sqlx::Error> {
@@ -163,42 +232,18 @@ impl SqliteStore {
         now_us: i64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut changed = 0;
-        for chunk in rows.chunks(SQLITE_CHUNK / 2) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO mirror_records (lookup_key, key_id, name_hash, folded_hash, \
-                 token_hashes, dob_hash, dob_precision, sex_hash, status, source_version, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, (k, r)| {
-                b.push_bind(k.0.to_vec())
-                    .push_bind(i64::from(r.key_id))
-                    .push_bind(r.name.0.to_vec())
-                    .push_bind(r.folded.0.to_vec())
-                    .push_bind(pack_tokens(r))
-                    .push_bind(r.dob.0.to_vec())
-                    .push_bind(i64::from(r.dob_precision.as_i16()))
-                    .push_bind(r.sex.0.to_vec())
-                    .push_bind(i64::from(r.status.as_i16()))
-                    .push_bind(r.source_version)
-                    .push_bind(now_us);
-            });
-            qb.push(
-                " ON CONFLICT (lookup_key) DO UPDATE SET key_id = excluded.key_id, \
-                 name_hash = excluded.name_hash, folded_hash = excluded.folded_hash, \
-                 token_hashes = excluded.token_hashes, dob_hash = excluded.dob_hash, \
-                 dob_precision = excluded.dob_precision, sex_hash = excluded.sex_hash, \
-                 status = excluded.status, source_version = excluded.source_version, \
-                 updated_at = excluded.updated_at \
-                 WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
-                 mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
-                 mirror_records.sex_hash, mirror_records.status) IS NOT (excluded.key_id, \
-                 excluded.name_hash, excluded.folded_hash, excluded.token_hashes, excluded.dob_hash, \
-                 excluded.dob_precision, excluded.sex_hash, excluded.status)",
-            );
-            changed += qb.build().execute(&mut *tx).await?.rows_affected();
-        }
+        let changed = upsert_in(&mut tx, rows, now_us).await?;
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// Opens the transaction a first import streams its chunks into (see
+    /// [`super::BulkInsert`]).
+    pub async fn begin_bulk(&self) -> Result<SqliteBulk, StoreError> {
+        Ok(SqliteBulk {
+            tx: self.pool.begin().await?,
+            changed: 0,
+        })
     }
 
     pub async fn delete_records(

@@ -227,10 +227,11 @@ async fn a_different_key_is_refused(backend: Backend) {
     ));
 }
 
-/// A first import streams its chunks into bulk inserts of many chunks each
-/// (on PostgreSQL). An ID repeated within one of them fails it as a whole;
-/// its chunks then go through the upsert in file order, so that every row
-/// arrives, none is counted twice, and the ID's last row wins, as on SQLite.
+/// An import streams its chunks into bulk inserts of many chunks each. On
+/// PostgreSQL (a `COPY`) an ID repeated within one fails it as a whole, and
+/// its chunks then go through the upsert in file order; on SQLite it is one
+/// transaction of upserts. Either way every row arrives, none is counted
+/// twice, and the ID's last row wins.
 async fn a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id(backend: Backend) {
     let (_db, store) = open(backend).await;
     let mut csv = Vec::new();
