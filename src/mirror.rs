@@ -5,6 +5,7 @@
 //! are reported by line number and skipped; the rest is imported.
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -21,6 +22,9 @@ const CHUNK_ROWS: usize = 5000;
 /// memory to redo through the upsert if PostgreSQL finds a key that exists:
 /// about 30 MB.
 const BULK_ROWS: usize = 100_000;
+/// How long a bulk insert stays open at most (about 100,000 rows on SQLite
+/// at full speed): other writers to a SQLite file wait for it.
+const BULK_OPEN_FOR: Duration = Duration::from_secs(3);
 /// Rejected rows kept in the report (all are counted).
 const MAX_REPORTED_REJECTS: usize = 10_000;
 
@@ -80,23 +84,61 @@ enum Chunk {
     Rejected(RejectedRow),
 }
 
-/// The chunks streamed into the open bulk insert, kept until it commits.
+/// The open bulk insert and what it carries until it commits.
 #[derive(Default)]
 struct Bulk {
     open: Option<BulkInsert>,
+    /// When the open insert began: it holds a write lock (SQLite) or a
+    /// connection and a statement (PostgreSQL), so it ends after
+    /// `BULK_OPEN_FOR` even if the input is slow to arrive.
+    since: Option<Instant>,
+    /// The rows sent, kept where the store may refuse them all (PostgreSQL),
+    /// so that they can be redone through the upsert.
     sent: Vec<Vec<(LookupKey, MirrorRecord)>>,
-    commits: u64,
+    rows: usize,
+    /// Whether an insert has committed: the first is one chunk, so that an
+    /// import over an existing mirror learns at once that it must upsert.
+    committed: bool,
 }
 
 impl Bulk {
-    fn rows(&self) -> usize {
-        self.sent.iter().map(Vec::len).sum()
+    async fn send(
+        &mut self,
+        store: &Store,
+        rows: Vec<(LookupKey, MirrorRecord)>,
+    ) -> Result<(), StoreError> {
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                self.since = Some(Instant::now());
+                self.open.insert(store.begin_bulk_insert().await?)
+            }
+        };
+        open.send(&rows, clock::now_micros()).await?;
+        self.rows += rows.len();
+        if open.may_refuse() {
+            self.sent.push(rows);
+        }
+        Ok(())
     }
 
-    /// Commits the open insert, if any. If a key existed already, nothing
-    /// was written: its chunks go through the upsert, in the order read so
-    /// that the last row for a key still wins. Returns whether the bulk path
-    /// is still worth using.
+    fn full(&self) -> bool {
+        let limit = if self.committed {
+            BULK_ROWS
+        } else {
+            CHUNK_ROWS
+        };
+        self.rows >= limit || self.deadline().is_some_and(|d| d <= Instant::now())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|t| t + BULK_OPEN_FOR)
+    }
+
+    /// Commits the open insert, if any. If the store refused a key that
+    /// existed already, nothing was written: its chunks go through the
+    /// upsert, in the order read so that the last row for a key still wins.
+    /// Returns whether the bulk path is still worth using.
     async fn finish(
         &mut self,
         store: &Store,
@@ -105,10 +147,12 @@ impl Bulk {
         let Some(open) = self.open.take() else {
             return Ok(true);
         };
+        self.since = None;
+        let rows = std::mem::take(&mut self.rows);
         let sent = std::mem::take(&mut self.sent);
         if let Some(n) = open.finish().await? {
-            report.count(sent.iter().map(Vec::len).sum(), n);
-            self.commits += 1;
+            report.count(rows, n);
+            self.committed = true;
             return Ok(true);
         }
         for rows in sent {
@@ -190,7 +234,19 @@ pub async fn import_csv<R: Read + Send + 'static>(
     // adds records: a first import), then through the upsert.
     let mut bulk = Bulk::default();
     let mut bulk_path = true;
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let next = match bulk.deadline() {
+            // Input slower than the open insert may last: commit what it has.
+            Some(d) => match tokio::time::timeout_at(d.into(), rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    bulk_path = bulk.finish(store, &mut report).await?;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(msg) = next else { break };
         match msg? {
             Chunk::Rejected(r) => {
                 report.rejected += 1;
@@ -203,29 +259,21 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 deletes,
                 rows_read,
             } => {
-                let now = clock::now_micros();
-                if bulk_path && bulk.open.is_none() {
-                    bulk.open = Some(store.begin_bulk_insert().await?);
-                }
-                if let Some(open) = &mut bulk.open {
-                    open.send(&upserts, now).await?;
-                    bulk.sent.push(upserts);
-                    // The first insert is one chunk, so that an import over an
-                    // existing mirror learns at once that it must upsert.
-                    let limit = if bulk.commits == 0 {
-                        CHUNK_ROWS
-                    } else {
-                        BULK_ROWS
-                    };
-                    // Deletions wait for the rows read before them.
-                    if bulk.rows() >= limit || !deletes.is_empty() {
+                if bulk_path && !upserts.is_empty() {
+                    bulk.send(store, upserts).await?;
+                    if bulk.full() {
                         bulk_path = bulk.finish(store, &mut report).await?;
                     }
                 } else {
-                    let changed = store.upsert_records(&upserts, now).await?;
+                    let changed = store.upsert_records(&upserts, clock::now_micros()).await?;
                     report.count(upserts.len(), changed);
                 }
-                report.deleted += store.delete_records(&deletes, version).await?;
+                if !deletes.is_empty() {
+                    // The rows read before a deletion are committed before
+                    // it runs (within a chunk, its upserts come first).
+                    bulk_path = bulk.finish(store, &mut report).await?;
+                    report.deleted += store.delete_records(&deletes, version).await?;
+                }
                 report.rows_read = rows_read;
                 progress(rows_read);
             }

@@ -489,6 +489,12 @@ impl BulkInsert {
         }
     }
 
+    /// Whether `finish` may refuse the rows sent, so that the caller must
+    /// keep them to redo through [`Store::upsert_records`].
+    pub fn may_refuse(&self) -> bool {
+        matches!(self, BulkInsert::Postgres(_))
+    }
+
     /// Commits what was sent and returns the rows that changed, or
     /// `Ok(None)` if a key already existed where the bulk path cannot take
     /// one (PostgreSQL): then nothing was written, and the rows must go

@@ -74,8 +74,14 @@ impl PgBulk {
         self.copy.send(&(-1i16).to_be_bytes()[..]).await?;
         match self.copy.finish().await {
             Ok(n) => Ok(Some(n)),
-            // A COPY is one statement: on a duplicate key nothing was written.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(None),
+            // A COPY is one statement: on a duplicate key nothing was
+            // written. Nor on a deadlock with another import's COPY, whose
+            // rows come in their file's order, not sorted as in an upsert.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("23505" | "40P01")) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }

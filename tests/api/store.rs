@@ -228,10 +228,11 @@ async fn a_different_key_is_refused(backend: Backend) {
 }
 
 /// An import streams its chunks into bulk inserts of many chunks each. On
-/// PostgreSQL (a `COPY`) an ID repeated within one fails it as a whole, and
-/// its chunks then go through the upsert in file order; on SQLite it is one
-/// transaction of upserts. Either way every row arrives, none is counted
-/// twice, and the ID's last row wins.
+/// PostgreSQL (a `COPY`) an ID that exists already, or repeats within one,
+/// fails it as a whole, and its chunks then go through the upsert in file
+/// order; on SQLite it is one transaction of upserts. Either way every row
+/// arrives, none is counted twice, an ID's last row wins, and a deletion
+/// finds the rows read before it.
 async fn a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id(backend: Backend) {
     let (_db, store) = open(backend).await;
     let mut csv = Vec::new();
@@ -241,38 +242,50 @@ async fn a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id(back
     )
     .unwrap();
     let mut csv = String::from_utf8(csv).unwrap();
-    let line = |n: usize| csv.lines().nth(n).unwrap().to_owned();
-    // Row 7,000 (the second chunk, the second bulk insert) comes back as
-    // the file's last row (the fourth chunk, the same insert), renamed.
-    let first: Vec<String> = line(1).split(',').map(str::to_owned).collect();
-    let again: Vec<String> = line(7_000).split(',').map(str::to_owned).collect();
-    let renamed = "Lê Văn Cuối";
-    csv.push_str(&format!(
-        "{},{renamed},{},{},\n",
-        again[0], again[2], again[3]
-    ));
+    let row = |n: usize| -> Vec<String> {
+        let line = csv.lines().nth(n).unwrap();
+        line.split(',').map(str::to_owned).collect()
+    };
+    // Chunks of 5,000 rows: the first is a bulk insert of its own; the other
+    // three share the next, which the deletion at the end commits early.
+    // Row 1 (the first insert) and row 7,000 (the second chunk) come back
+    // renamed in the fourth chunk; row 12,000 (the third) is deleted there.
+    let (first, again, gone) = (row(1), row(7_000), row(12_000));
+    for (r, name, status) in [
+        (&first, "Lê Văn Đầu", ""),
+        (&again, "Lê Văn Cuối", ""),
+        (&gone, gone[1].as_str(), "deleted"),
+    ] {
+        csv.push_str(&format!("{},{name},{},{},{status}\n", r[0], r[2], r[3]));
+    }
     let report = crate::helpers::import(&store, &csv).await;
     assert_eq!(
         (
             report.rows_read,
             report.changed,
             report.unchanged,
+            report.deleted,
             report.rejected
         ),
-        (16_001, 16_001, 0, 0)
+        (16_003, 16_002, 0, 1, 0)
     );
-    assert_eq!(store.record_count().await.unwrap(), 16_000);
-    let stored = |id: &str, name: &str, dob: &str, sex: &str| {
-        let (key, rec) = Identity::parse(id, name, dob, sex, "", TODAY)
+    assert_eq!(store.record_count().await.unwrap(), 15_999);
+    let stored = |r: &[String], name: &str| {
+        let (key, rec) = Identity::parse(&r[0], name, &r[2], &r[3], "", TODAY)
             .unwrap()
             .to_record(&test_hasher(), report.version);
         let store = store.clone();
-        async move { (store.get_record(&key).await.unwrap().unwrap(), rec) }
+        async move { (store.get_record(&key).await.unwrap(), rec) }
     };
-    let (got, want) = stored(&again[0], renamed, &again[2], &again[3]).await;
-    assert_eq!((got.name, got.folded), (want.name, want.folded));
-    let (got, want) = stored(&first[0], &first[1], &first[2], &first[3]).await;
-    assert_eq!((got.name, got.dob), (want.name, want.dob));
+    for (r, name) in [(&first, "Lê Văn Đầu"), (&again, "Lê Văn Cuối")] {
+        let (got, want) = stored(r, name).await;
+        let got = got.expect("a renamed record");
+        assert_eq!(
+            (got.name, got.folded, got.dob),
+            (want.name, want.folded, want.dob)
+        );
+    }
+    assert_eq!(stored(&gone, &gone[1]).await.0, None);
 }
 
 both_backends!(
