@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::domain::CivilDate;
 
 /// Vietnam keeps UTC+7 all year (no daylight saving).
-const VN_OFFSET_SECS: i64 = 7 * 3600;
+pub const VN_OFFSET_SECS: i64 = 7 * 3600;
 
 pub fn now_micros() -> i64 {
     SystemTime::now()
@@ -20,9 +20,13 @@ pub fn today_vn() -> CivilDate {
     vn_date_at(now_micros())
 }
 
+/// Seconds since 1970-01-01 00:00 Vietnam time, at `micros` after the Unix epoch.
+fn vn_secs(micros: i64) -> i64 {
+    micros.div_euclid(1_000_000) + VN_OFFSET_SECS
+}
+
 fn vn_date_at(micros: i64) -> CivilDate {
-    let secs = micros.div_euclid(1_000_000) + VN_OFFSET_SECS;
-    CivilDate::from_unix_days(secs.div_euclid(86_400))
+    CivilDate::from_unix_days(vn_secs(micros).div_euclid(86_400))
 }
 
 /// When a call arrived, on both clocks: the monotonic one for its latency
@@ -51,7 +55,7 @@ impl Moment {
     /// How long from this moment until midnight in Vietnam, when a day's
     /// quota starts again (a whole day at midnight itself).
     pub fn until_midnight_vn(&self) -> Duration {
-        let into_day = (self.wall_micros.div_euclid(1_000_000) + VN_OFFSET_SECS).rem_euclid(86_400);
+        let into_day = vn_secs(self.wall_micros).rem_euclid(86_400);
         Duration::from_secs((86_400 - into_day) as u64)
     }
 

@@ -84,14 +84,14 @@ enum Chunk {
     Rejected(RejectedRow),
 }
 
-/// The open bulk insert and what it carries until it commits.
+/// The import's bulk path: the open bulk insert and what it carries until
+/// it commits.
 #[derive(Default)]
 struct Bulk {
-    open: Option<BulkInsert>,
-    /// When the open insert began: it holds a write lock (SQLite) or a
-    /// connection and a statement (PostgreSQL), so it ends after
+    /// The open insert and when it began: it holds a write lock (SQLite) or
+    /// a connection and a statement (PostgreSQL), so it ends after
     /// `BULK_OPEN_FOR` even if the input is slow to arrive.
-    since: Option<Instant>,
+    open: Option<(BulkInsert, Instant)>,
     /// The rows sent, kept where the store may refuse them all (PostgreSQL),
     /// so that they can be redone through the upsert.
     sent: Vec<Vec<(LookupKey, MirrorRecord)>>,
@@ -99,6 +99,9 @@ struct Bulk {
     /// Whether an insert has committed: the first is one chunk, so that an
     /// import over an existing mirror learns at once that it must upsert.
     committed: bool,
+    /// Whether the store refused an insert (a key existed): the rest of the
+    /// import goes through the upsert.
+    refused: bool,
 }
 
 impl Bulk {
@@ -107,12 +110,11 @@ impl Bulk {
         store: &Store,
         rows: Vec<(LookupKey, MirrorRecord)>,
     ) -> Result<(), StoreError> {
-        let open = match &mut self.open {
+        let (open, _) = match &mut self.open {
             Some(open) => open,
-            None => {
-                self.since = Some(Instant::now());
-                self.open.insert(store.begin_bulk_insert().await?)
-            }
+            None => self
+                .open
+                .insert((store.begin_bulk_insert().await?, Instant::now())),
         };
         open.send(&rows, clock::now_micros()).await?;
         self.rows += rows.len();
@@ -132,34 +134,30 @@ impl Bulk {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.since.map(|t| t + BULK_OPEN_FOR)
+        self.open.as_ref().map(|(_, since)| *since + BULK_OPEN_FOR)
     }
 
     /// Commits the open insert, if any. If the store refused a key that
     /// existed already, nothing was written: its chunks go through the
-    /// upsert, in the order read so that the last row for a key still wins.
-    /// Returns whether the bulk path is still worth using.
-    async fn finish(
-        &mut self,
-        store: &Store,
-        report: &mut ImportReport,
-    ) -> Result<bool, StoreError> {
-        let Some(open) = self.open.take() else {
-            return Ok(true);
+    /// upsert, in the order read so that the last row for a key still wins,
+    /// and so does the rest of the import.
+    async fn finish(&mut self, store: &Store, report: &mut ImportReport) -> Result<(), StoreError> {
+        let Some((open, _)) = self.open.take() else {
+            return Ok(());
         };
-        self.since = None;
         let rows = std::mem::take(&mut self.rows);
         let sent = std::mem::take(&mut self.sent);
         if let Some(n) = open.finish().await? {
             report.count(rows, n);
             self.committed = true;
-            return Ok(true);
+            return Ok(());
         }
+        self.refused = true;
         for rows in sent {
             let changed = store.upsert_records(&rows, clock::now_micros()).await?;
             report.count(rows.len(), changed);
         }
-        Ok(false)
+        Ok(())
     }
 }
 
@@ -233,14 +231,13 @@ pub async fn import_csv<R: Read + Send + 'static>(
     // refuses a key that exists already (PostgreSQL's `COPY`, which only
     // adds records: a first import), then through the upsert.
     let mut bulk = Bulk::default();
-    let mut bulk_path = true;
     loop {
         let next = match bulk.deadline() {
             // Input slower than the open insert may last: commit what it has.
             Some(d) => match tokio::time::timeout_at(d.into(), rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    bulk_path = bulk.finish(store, &mut report).await?;
+                    bulk.finish(store, &mut report).await?;
                     continue;
                 }
             },
@@ -259,10 +256,10 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 deletes,
                 rows_read,
             } => {
-                if bulk_path && !upserts.is_empty() {
+                if !bulk.refused && !upserts.is_empty() {
                     bulk.send(store, upserts).await?;
                     if bulk.full() {
-                        bulk_path = bulk.finish(store, &mut report).await?;
+                        bulk.finish(store, &mut report).await?;
                     }
                 } else {
                     let changed = store.upsert_records(&upserts, clock::now_micros()).await?;
@@ -271,7 +268,7 @@ pub async fn import_csv<R: Read + Send + 'static>(
                 if !deletes.is_empty() {
                     // The rows read before a deletion are committed before
                     // it runs (within a chunk, its upserts come first).
-                    bulk_path = bulk.finish(store, &mut report).await?;
+                    bulk.finish(store, &mut report).await?;
                     report.deleted += store.delete_records(&deletes, version).await?;
                 }
                 report.rows_read = rows_read;

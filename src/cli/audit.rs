@@ -186,7 +186,7 @@ pub fn parse_time(flag: &str, s: &str) -> Result<i64, CliError> {
     let day_secs = d.to_unix_days() * 86_400;
     let rest = &s[10..];
     if rest.is_empty() {
-        return Ok((day_secs - 7 * 3600) * 1_000_000);
+        return Ok((day_secs - crate::clock::VN_OFFSET_SECS) * 1_000_000);
     }
     let rest = rest
         .strip_prefix('T')
@@ -936,7 +936,7 @@ mod tests {
         assert_eq!(parse_time("t", "1970-01-01T07:00:00+07:00").unwrap(), 0);
         assert_eq!(
             parse_time("t", "1970-01-02").unwrap(),
-            (86_400 - 7 * 3600) * 1_000_000
+            (86_400 - crate::clock::VN_OFFSET_SECS) * 1_000_000
         );
         assert_eq!(
             parse_time("t", "2026-11-22T10:00:00.5Z").unwrap() % 1_000_000,

@@ -111,9 +111,6 @@ macro_rules! push_audit_filter {
 }
 pub(crate) use push_audit_filter;
 
-/// Seconds east of UTC for Vietnam days in statistics.
-pub(crate) const VN_OFFSET_SECS: i64 = 7 * 3600;
-
 /// Most rows a single multi-row statement carries. SQLite allows 32,766
 /// bound parameters per statement; the audit row has 22 columns.
 const SQLITE_CHUNK: usize = 1000;

@@ -138,7 +138,7 @@ macro_rules! shared_methods {
 
         pub async fn audit_stats(&self, filter: &AuditFilter) -> Result<Vec<AuditStatsRow>, StoreError> {
             let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT caller, (recorded_at / 1000000 + ");
-            qb.push_bind(super::VN_OFFSET_SECS);
+            qb.push_bind(crate::clock::VN_OFFSET_SECS);
             qb.push(") / 86400 AS day, decision, purpose, COUNT(*) AS n FROM audit_log");
             push_audit_filter!(qb, filter, AUDIT_KEY_PREFIX);
             qb.push(" GROUP BY caller, day, decision, purpose ORDER BY day, caller, decision, purpose");
