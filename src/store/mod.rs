@@ -63,6 +63,27 @@ pub struct AuditQueryLog {
     pub returned: u64,
 }
 
+/// The mirror upsert's conflict clause, the same SQL on both backends: an
+/// existing record takes the new values, but a row equal to what is stored
+/// is left alone, so that it counts as unchanged (`rows_affected`) and keeps
+/// its `updated_at`.
+macro_rules! mirror_upsert_on_conflict {
+    () => {
+        " ON CONFLICT (lookup_key) DO UPDATE SET key_id = excluded.key_id, \
+         name_hash = excluded.name_hash, folded_hash = excluded.folded_hash, \
+         token_hashes = excluded.token_hashes, dob_hash = excluded.dob_hash, \
+         dob_precision = excluded.dob_precision, sex_hash = excluded.sex_hash, \
+         status = excluded.status, source_version = excluded.source_version, \
+         updated_at = excluded.updated_at \
+         WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
+         mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
+         mirror_records.sex_hash, mirror_records.status) IS DISTINCT FROM (excluded.key_id, \
+         excluded.name_hash, excluded.folded_hash, excluded.token_hashes, excluded.dob_hash, \
+         excluded.dob_precision, excluded.sex_hash, excluded.status)"
+    };
+}
+pub(crate) use mirror_upsert_on_conflict;
+
 /// Appends `WHERE …` for an audit filter; the same SQL serves both backends
 /// (only placeholders differ, and `QueryBuilder` writes those). With
 /// `$key_prefix`, subscriber keys are also matched on the 8-byte prefix that

@@ -239,24 +239,14 @@ impl PgStore {
             statuses.push(r.status.as_i16());
             versions.push(r.source_version);
         }
-        let res = sqlx::query(
+        let res = sqlx::query(concat!(
             "INSERT INTO mirror_records (lookup_key, key_id, name_hash, folded_hash, token_hashes, \
              dob_hash, dob_precision, sex_hash, status, source_version, updated_at) \
              SELECT k, ki, n, f, t, d, p, s, st, v, $11 FROM UNNEST($1::bytea[], $2::int2[], \
              $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::int2[], $8::bytea[], \
-             $9::int2[], $10::int8[]) AS u(k, ki, n, f, t, d, p, s, st, v) \
-             ON CONFLICT (lookup_key) DO UPDATE SET key_id = EXCLUDED.key_id, \
-             name_hash = EXCLUDED.name_hash, folded_hash = EXCLUDED.folded_hash, \
-             token_hashes = EXCLUDED.token_hashes, dob_hash = EXCLUDED.dob_hash, \
-             dob_precision = EXCLUDED.dob_precision, sex_hash = EXCLUDED.sex_hash, \
-             status = EXCLUDED.status, source_version = EXCLUDED.source_version, \
-             updated_at = EXCLUDED.updated_at \
-             WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
-             mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
-             mirror_records.sex_hash, mirror_records.status) IS DISTINCT FROM (EXCLUDED.key_id, \
-             EXCLUDED.name_hash, EXCLUDED.folded_hash, EXCLUDED.token_hashes, EXCLUDED.dob_hash, \
-             EXCLUDED.dob_precision, EXCLUDED.sex_hash, EXCLUDED.status)",
-        )
+             $9::int2[], $10::int8[]) AS u(k, ki, n, f, t, d, p, s, st, v)",
+            super::mirror_upsert_on_conflict!()
+        ))
         .bind(keys)
         .bind(key_ids)
         .bind(names)

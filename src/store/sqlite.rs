@@ -80,19 +80,7 @@ async fn upsert_in(
                 .push_bind(r.source_version)
                 .push_bind(now_us);
         });
-        qb.push(
-            " ON CONFLICT (lookup_key) DO UPDATE SET key_id = excluded.key_id, \
-             name_hash = excluded.name_hash, folded_hash = excluded.folded_hash, \
-             token_hashes = excluded.token_hashes, dob_hash = excluded.dob_hash, \
-             dob_precision = excluded.dob_precision, sex_hash = excluded.sex_hash, \
-             status = excluded.status, source_version = excluded.source_version, \
-             updated_at = excluded.updated_at \
-             WHERE (mirror_records.key_id, mirror_records.name_hash, mirror_records.folded_hash, \
-             mirror_records.token_hashes, mirror_records.dob_hash, mirror_records.dob_precision, \
-             mirror_records.sex_hash, mirror_records.status) IS NOT (excluded.key_id, \
-             excluded.name_hash, excluded.folded_hash, excluded.token_hashes, excluded.dob_hash, \
-             excluded.dob_precision, excluded.sex_hash, excluded.status)",
-        );
+        qb.push(super::mirror_upsert_on_conflict!());
         changed += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(changed)
