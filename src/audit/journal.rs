@@ -341,6 +341,7 @@ impl Journal {
                 (cfg.read_busy)(&tokio::runtime::Handle::current().metrics()).0,
             ),
             read_busy: cfg.read_busy,
+            release: spawn_releaser(),
             _lock: opened.lock,
         };
         let rt = tokio::runtime::Handle::current();
@@ -689,8 +690,35 @@ struct Writer {
     max_backlog: u64,
     pacer: GroupPacer,
     read_busy: BusyReading,
+    /// Where written groups go to be answered (see [`spawn_releaser`]).
+    release: mpsc::UnboundedSender<Written>,
     /// Held for the life of the writer: one process per journal.
     _lock: File,
+}
+
+/// A written group and the outcome for all of its submissions.
+type Written = (Vec<Submission>, Result<(), AuditError>);
+
+/// Starts the task that answers written groups.
+///
+/// Answering from a runtime task rather than the writer thread puts a
+/// group's woken calls in that worker's own run queue instead of the
+/// runtime's shared injection queue: they then run one after the other,
+/// and the connections they answer on write their answers together
+/// (`grpc::coalesce`), rather than as each call is fetched from the shared
+/// queue between other work. The channel is unbounded so that the writer
+/// thread never waits on the runtime; it holds at most the groups written
+/// while the task waits for a worker.
+fn spawn_releaser() -> mpsc::UnboundedSender<Written> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Written>();
+    tokio::spawn(async move {
+        while let Some((group, result)) = rx.recv().await {
+            for s in group {
+                s.answer(result.clone());
+            }
+        }
+    });
+    tx
 }
 
 /// Most bytes gathered into one write (and one fsync).
@@ -864,8 +892,14 @@ impl Writer {
                     Err(AuditError::WriteFailed)
                 }
             };
-            for s in group.drain(..) {
-                s.answer(result.clone());
+            // The next group is likely about this one's size.
+            let next = Vec::with_capacity(group.len());
+            let done = std::mem::replace(&mut group, next);
+            if let Err(mpsc::error::SendError((done, result))) = self.release.send((done, result)) {
+                // The runtime is shutting down: answer from here.
+                for s in done {
+                    s.answer(result.clone());
+                }
             }
         }
         tracing::debug!("audit journal writer stopped");

@@ -15,6 +15,7 @@ use tonic::codegen::http;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+use super::coalesce::Coalesced;
 use crate::config::{Config, LimitsSection, PrincipalEntry, Role};
 
 /// An authenticated caller and its limits.
@@ -93,8 +94,11 @@ pub struct PeerInfo {
 
 /// An accepted connection, plaintext or TLS.
 pub enum Conn {
-    Plain(TcpStream, PeerInfo),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, PeerInfo),
+    Plain(Coalesced<TcpStream>, PeerInfo),
+    Tls(
+        Box<Coalesced<tokio_rustls::server::TlsStream<TcpStream>>>,
+        PeerInfo,
+    ),
 }
 
 impl Connected for Conn {

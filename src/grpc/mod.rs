@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+mod coalesce;
 pub mod convert;
 pub mod limits;
 pub mod status;
@@ -375,7 +376,11 @@ async fn accept_loop(
                     remote: Some(remote),
                     principal: Some(principal.clone()),
                 };
-                if tx.send(Ok(Conn::Plain(sock, peer))).await.is_err() {
+                if tx
+                    .send(Ok(Conn::Plain(coalesce::Coalesced::new(sock), peer)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -415,7 +420,12 @@ async fn accept_loop(
                         remote: Some(remote),
                         principal,
                     };
-                    let _ = tx.send(Ok(Conn::Tls(Box::new(stream), peer))).await;
+                    let _ = tx
+                        .send(Ok(Conn::Tls(
+                            Box::new(coalesce::Coalesced::new(stream)),
+                            peer,
+                        )))
+                        .await;
                 });
             }
         }
