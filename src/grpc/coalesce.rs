@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes gathered before they are written without waiting for a
 /// flush. A write at least this large (a big streaming batch's results)
-/// is passed straight through, after what was gathered before it.
+/// is passed straight through, after what was gathered before it. A
+/// connection's buffer therefore never grows past twice this (kept for the
+/// connection's life; hyper's own HTTP/2 send buffer is larger).
 const GATHER_LIMIT: usize = 64 * 1024;
 
 /// A byte stream whose writes are gathered until a flush, and whose flushes
