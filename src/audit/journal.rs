@@ -265,6 +265,13 @@ impl Submission {
     }
 }
 
+/// Answers every submission of a group with the same outcome.
+fn answer_all(group: impl IntoIterator<Item = Submission>, result: &Result<(), AuditError>) {
+    for s in group {
+        s.answer(result.clone());
+    }
+}
+
 /// Handle for appending to the journal; cheap to clone. When every handle
 /// is dropped the writer finishes what is queued and stops, and the indexer
 /// then drains the journal into the store (see [`JournalTasks`]).
@@ -713,9 +720,7 @@ fn spawn_releaser() -> mpsc::UnboundedSender<Written> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Written>();
     tokio::spawn(async move {
         while let Some((group, result)) = rx.recv().await {
-            for s in group {
-                s.answer(result.clone());
-            }
+            answer_all(group, &result);
         }
     });
     tx
@@ -853,9 +858,7 @@ impl Writer {
                 continue;
             }
             if broken {
-                for s in group.drain(..) {
-                    s.answer(Err(AuditError::WriteFailed));
-                }
+                answer_all(group.drain(..), &Err(AuditError::WriteFailed));
                 continue;
             }
             buf.clear();
@@ -897,9 +900,7 @@ impl Writer {
             let done = std::mem::replace(&mut group, next);
             if let Err(mpsc::error::SendError((done, result))) = self.release.send((done, result)) {
                 // The runtime is shutting down: answer from here.
-                for s in done {
-                    s.answer(result.clone());
-                }
+                answer_all(done, &result);
             }
         }
         tracing::debug!("audit journal writer stopped");

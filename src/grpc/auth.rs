@@ -92,13 +92,24 @@ pub struct PeerInfo {
     pub principal: Option<Principal>,
 }
 
-/// An accepted connection, plaintext or TLS.
+/// An accepted connection, plaintext or TLS. Built with [`Conn::plain`] or
+/// [`Conn::tls`], which gather its writes (see `coalesce`).
 pub enum Conn {
     Plain(Coalesced<TcpStream>, PeerInfo),
     Tls(
         Box<Coalesced<tokio_rustls::server::TlsStream<TcpStream>>>,
         PeerInfo,
     ),
+}
+
+impl Conn {
+    pub fn plain(sock: TcpStream, peer: PeerInfo) -> Self {
+        Self::Plain(Coalesced::new(sock), peer)
+    }
+
+    pub fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>, peer: PeerInfo) -> Self {
+        Self::Tls(Box::new(Coalesced::new(stream)), peer)
+    }
 }
 
 impl Connected for Conn {

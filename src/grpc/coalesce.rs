@@ -89,12 +89,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if !ready!(this.poll_room(cx, buf.len()))? {
-            return Pin::new(&mut this.io).poll_write(cx, buf);
-        }
-        this.gathered.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(

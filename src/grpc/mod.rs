@@ -376,11 +376,7 @@ async fn accept_loop(
                     remote: Some(remote),
                     principal: Some(principal.clone()),
                 };
-                if tx
-                    .send(Ok(Conn::Plain(coalesce::Coalesced::new(sock), peer)))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(Conn::plain(sock, peer))).await.is_err() {
                     return;
                 }
             }
@@ -420,12 +416,7 @@ async fn accept_loop(
                         remote: Some(remote),
                         principal,
                     };
-                    let _ = tx
-                        .send(Ok(Conn::Tls(
-                            Box::new(coalesce::Coalesced::new(stream)),
-                            peer,
-                        )))
-                        .await;
+                    let _ = tx.send(Ok(Conn::tls(stream, peer))).await;
                 });
             }
         }
