@@ -111,7 +111,7 @@ async fn run(args: Args) {
             let chunk: Vec<_> = (i..(i + 10_000).min(n))
                 .map(|k| record(k, &hasher, start, span, n))
                 .collect();
-            store.append_audit(&chunk, None).await.unwrap();
+            store.append_audit(&chunk, None, None).await.unwrap();
             i += chunk.len() as u64;
         }
         let fill = n as f64 / t.elapsed().as_secs_f64();

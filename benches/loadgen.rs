@@ -1260,7 +1260,10 @@ fn main() {
     // The gateway logs as `simverify serve` does: a subscriber at `info`
     // decides, for every span and event on the hot path, whether to build it.
     tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

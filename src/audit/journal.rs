@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::AuditError;
 use crate::domain::AuditRecord;
-use crate::store::{JournalMark, Store, StoreError};
+use crate::store::{JournalMark, Store, StoreError, TileBuilder};
 
 const MAGIC: &[u8; 4] = b"SVAJ";
 const VERSION: u8 = 1;
@@ -1120,6 +1120,9 @@ async fn index(
     let mut indexed = *shared.indexed.borrow();
     let mut failures = 0u32;
     let mut caught_up_at = Instant::now();
+    // The tiles each batch completes are stored with it, so checkpoints
+    // need not read the leaves back.
+    let mut tiles = TileBuilder::default();
     loop {
         let durable = *durable_rx.borrow_and_update();
         if durable == indexed {
@@ -1166,6 +1169,7 @@ async fn index(
                         from: indexed,
                         to,
                     }),
+                    Some(&mut tiles),
                 )
                 .await
                 .map_err(JournalError::from),

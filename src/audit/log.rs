@@ -120,33 +120,58 @@ impl TreeSource for TreeView {
     }
 }
 
+/// Tiles computed from stored leaves per read: 64 tiles are 16,384 leaf
+/// hashes, half a megabyte.
+const FILL_TILES: u64 = 64;
+
 /// Stores the hash of every complete tile below `size` not stored yet.
 /// Returns the hashes of every complete tile below `size`, in order.
+///
+/// The indexer stores most tiles with their records (`TileBuilder`); what
+/// is left here are the tiles its runs did not complete (a restart, another
+/// gateway's records between its own, a log written before tiles were
+/// built that way), computed from the stored leaves, many tiles a read.
 pub async fn ensure_tiles(store: &Store, size: u64) -> Result<Vec<Hash>, LogError> {
-    let mut tiles: Vec<Hash> = store
-        .audit_tiles(size / TILE)
-        .await?
-        .into_iter()
-        .map(|(_, h)| h)
-        .collect();
-    let mut new = Vec::new();
-    for t in tiles.len() as u64..size / TILE {
-        let leaves = full_leaves(store, t * TILE, (t + 1) * TILE).await?;
-        let h = merkle::subtree(&leaves, 0, TILE);
-        tiles.push(h);
-        new.push((t, h));
-        if new.len() == 256 {
-            store.put_audit_tiles(&new).await?;
-            new.clear();
+    let want = size / TILE;
+    let mut tiles: Vec<Option<Hash>> = vec![None; want as usize];
+    for (t, h) in store.audit_tiles(want).await? {
+        if let Some(slot) = tiles.get_mut(t as usize) {
+            *slot = Some(h);
         }
     }
-    store.put_audit_tiles(&new).await?;
-    Ok(tiles)
+    let pruned = store.audit_pruned_before().await?;
+    let mut t = 0;
+    while t < want {
+        if tiles[t as usize].is_some() {
+            t += 1;
+            continue;
+        }
+        let mut end = t + 1;
+        while end < want && end - t < FILL_TILES && tiles[end as usize].is_none() {
+            end += 1;
+        }
+        let leaves = full_leaves(store, pruned, t * TILE, end * TILE).await?;
+        let new: Vec<(u64, Hash)> = (t..end)
+            .map(|k| {
+                let lo = (k - t) * TILE;
+                (k, merkle::subtree(&leaves, lo, lo + TILE))
+            })
+            .collect();
+        for &(k, h) in &new {
+            tiles[k as usize] = Some(h);
+        }
+        store.put_audit_tiles(&new).await?;
+        t = end;
+    }
+    Ok(tiles
+        .into_iter()
+        .map(|h| h.expect("every tile is filled"))
+        .collect())
 }
 
-async fn full_leaves(store: &Store, lo: u64, hi: u64) -> Result<Vec<Hash>, LogError> {
-    // Below the retention boundary only kept hashes remain.
-    let pruned = store.audit_pruned_before().await?;
+/// The leaf hashes of positions `lo..hi`, from the records or, below the
+/// retention boundary `pruned`, from the kept hashes.
+async fn full_leaves(store: &Store, pruned: u64, lo: u64, hi: u64) -> Result<Vec<Hash>, LogError> {
     let mut rows: Vec<(u64, Option<Hash>)> = if lo < pruned {
         store
             .audit_pruned_leaves(lo, hi.min(pruned))
@@ -178,6 +203,7 @@ impl TreeView {
     /// of the tree of `size` leaves need.
     pub async fn load(store: &Store, size: u64, positions: &[u64]) -> Result<Self, LogError> {
         let tiles = ensure_tiles(store, size).await?;
+        let pruned = store.audit_pruned_before().await?;
         let mut wanted: Vec<u64> = positions.iter().map(|p| p / TILE).collect();
         if !size.is_multiple_of(TILE) {
             wanted.push(size / TILE);
@@ -188,7 +214,11 @@ impl TreeView {
         for t in wanted {
             let lo = t * TILE;
             let hi = ((t + 1) * TILE).min(size);
-            for (k, h) in full_leaves(store, lo, hi).await?.into_iter().enumerate() {
+            for (k, h) in full_leaves(store, pruned, lo, hi)
+                .await?
+                .into_iter()
+                .enumerate()
+            {
                 leaves.insert(lo + k as u64, h);
             }
         }
@@ -235,11 +265,12 @@ pub async fn verify_log(
     public: Option<&[u8; 32]>,
 ) -> Result<Verification, LogError> {
     let checkpoints = store.audit_checkpoints().await?;
-    let stored_tiles: Vec<Hash> = store
+    // By tile number: writers store tiles as they complete them, so the
+    // stored ones need not be a prefix.
+    let stored_tiles: std::collections::BTreeMap<u64, Hash> = store
         .audit_tiles(u64::MAX / TILE)
         .await?
         .into_iter()
-        .map(|(_, h)| h)
         .collect();
     let head = store.audit_size().await?;
     let fail = |pos: u64, what: String, records: u64| Verification {
@@ -264,10 +295,8 @@ pub async fn verify_log(
     // represented by stored tiles and the kept leaf hashes, which must still
     // reproduce every older checkpoint.
     let start = store.audit_pruned_before().await?;
-    let mut tiles: Vec<Hash> = stored_tiles
-        .iter()
-        .take((start / TILE) as usize)
-        .copied()
+    let mut tiles: Vec<Hash> = (0..start / TILE)
+        .map_while(|t| stored_tiles.get(&t).copied())
         .collect();
     if (tiles.len() as u64) < start / TILE {
         return Ok(fail(
@@ -400,7 +429,7 @@ pub async fn verify_log(
             if partial.len() as u64 == TILE {
                 let t = merkle::subtree(&partial, 0, TILE);
                 let idx = tiles.len();
-                if stored_tiles.get(idx).is_some_and(|s| *s != t) {
+                if stored_tiles.get(&(idx as u64)).is_some_and(|s| *s != t) {
                     return Ok(fail(
                         idx as u64 * TILE,
                         format!(
@@ -515,7 +544,11 @@ pub async fn apply_retention(
     let mut keep = Vec::new();
     for b in boundaries {
         let lo = b / TILE * TILE;
-        for (k, h) in full_leaves(store, lo, b).await?.into_iter().enumerate() {
+        for (k, h) in full_leaves(store, already, lo, b)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
             keep.push((lo + k as u64, h));
         }
     }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::AuditError;
 use crate::domain::AuditRecord;
-use crate::store::Store;
+use crate::store::{Store, TileBuilder};
 
 struct Pending {
     records: Vec<AuditRecord>,
@@ -64,6 +64,8 @@ impl AuditWriter {
 async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(max_batch);
     let mut waiters: Vec<oneshot::Sender<Result<(), AuditError>>> = Vec::new();
+    // Tiles are stored as the batches complete them.
+    let mut tiles = TileBuilder::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let now = Instant::now();
@@ -83,7 +85,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
         if batch.is_empty() {
             continue;
         }
-        let result = match store.append_audit(&batch, None).await {
+        let result = match store.append_audit(&batch, None, Some(&mut tiles)).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "audit batch write failed");

@@ -114,6 +114,63 @@ pub fn root<S: TreeSource + ?Sized>(s: &S, n: u64) -> Hash {
     subtree(s, 0, n)
 }
 
+/// Completes tiles from the leaves a writer appends, so that each tile can
+/// be stored in the same transaction as its records and a checkpoint need
+/// not read the leaves back.
+///
+/// It keeps the leaves of the one incomplete tile at the end of the run it
+/// has seen (at most `TILE - 1` hashes). A run that does not continue where
+/// the last stored one ended (another gateway took the positions between,
+/// the process restarted) starts over at its first tile boundary; the tiles
+/// it cannot complete are left for the checkpoint, which computes them from
+/// the stored leaves.
+#[derive(Debug, Clone, Default)]
+pub struct TileBuilder {
+    /// The position after the last leaf of the run seen.
+    next: u64,
+    /// The leaves of the tile being filled, from its first position to
+    /// `next`; empty while no tile is being filled.
+    partial: Vec<Hash>,
+}
+
+impl TileBuilder {
+    /// The tiles that the leaves `hashes`, at positions `start..`, complete,
+    /// as `(tile, hash)`, and the builder as it is once they are stored. The
+    /// caller keeps its builder until the leaves are committed: otherwise
+    /// the leaves of a failed transaction could end up in a tile, should
+    /// another writer take their positions and the next run continue after
+    /// them.
+    pub fn extend(&self, start: u64, hashes: &[Hash]) -> (Vec<(u64, Hash)>, TileBuilder) {
+        let mut partial = if start == self.next {
+            self.partial.clone()
+        } else {
+            Vec::new()
+        };
+        // With no tile under way, leaves before the run's first boundary
+        // belong to a tile whose first leaves this builder never saw.
+        let skip = if partial.is_empty() {
+            ((TILE - start % TILE) % TILE).min(hashes.len() as u64)
+        } else {
+            0
+        };
+        let mut tiles = Vec::new();
+        let mut pos = start + skip;
+        for h in &hashes[skip as usize..] {
+            partial.push(*h);
+            pos += 1;
+            if partial.len() as u64 == TILE {
+                tiles.push((pos / TILE - 1, subtree(&partial[..], 0, TILE)));
+                partial.clear();
+            }
+        }
+        let next = TileBuilder {
+            next: start + hashes.len() as u64,
+            partial,
+        };
+        (tiles, next)
+    }
+}
+
 /// RFC 6962 PATH(m, D[lo:hi]).
 fn path<S: TreeSource + ?Sized>(s: &S, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
     let n = hi - lo;
@@ -334,6 +391,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_tile_builder_completes_tiles_across_runs() {
+        let l = leaves(1100);
+        let tile = |t: u64| (t, subtree(&l, t * TILE, (t + 1) * TILE));
+        let (t, b) = TileBuilder::default().extend(0, &l[..300]);
+        assert_eq!(t, vec![tile(0)]);
+        let (t, b) = b.extend(300, &l[300..700]);
+        assert_eq!(t, vec![tile(1)]);
+        // Continuing the run completes the tile begun in the last one.
+        let (t, _) = b.extend(700, &l[700..1100]);
+        assert_eq!(t, vec![tile(2), tile(3)]);
+        // A run that does not continue where the last ended starts at its
+        // first boundary: tile 2 (512..768) is left to the checkpoint.
+        let (t, b) = b.extend(701, &l[701..1100]);
+        assert_eq!(t, vec![tile(3)]);
+        let (t, _) = b.extend(1100, &[]);
+        assert!(t.is_empty());
+        let (t, _) = TileBuilder::default().extend(700, &l[700..1000]);
+        assert!(t.is_empty(), "768..1000 is not a whole tile");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
         #[test]
@@ -344,6 +422,44 @@ mod tests {
             let r = root(&t, n);
             proptest::prop_assert!(verify_inclusion(&l[m as usize], m, n, &inclusion_proof(&t, m, n), &r));
             proptest::prop_assert!(verify_consistency(k, n, &root(&t, k), &r, &consistency_proof(&t, k, n)));
+        }
+
+        /// Runs appended by this writer (0), by another writer (1), or by
+        /// this writer in a transaction that failed, whose positions another
+        /// writer then took (2): every tile the builder completes is the
+        /// log's, none twice, and a log written by this writer alone gets
+        /// every complete tile.
+        #[test]
+        fn a_tile_builder_completes_only_the_logs_tiles(
+            runs in proptest::collection::vec((1u64..700, 0u8..3), 1..12),
+        ) {
+            let total: u64 = runs.iter().map(|r| r.0).sum();
+            let l = leaves(total);
+            let mut b = TileBuilder::default();
+            let mut pos = 0;
+            let mut done = std::collections::BTreeSet::new();
+            for &(len, who) in &runs {
+                let run = pos as usize..(pos + len) as usize;
+                match who {
+                    0 => {
+                        let (tiles, next) = b.extend(pos, &l[run]);
+                        for (t, h) in tiles {
+                            proptest::prop_assert_eq!(h, subtree(&l, t * TILE, (t + 1) * TILE));
+                            proptest::prop_assert!(done.insert(t), "tile {} twice", t);
+                        }
+                        b = next;
+                    }
+                    1 => {}
+                    _ => {
+                        let never_stored: Vec<Hash> = l[run].iter().map(|h| node_hash(h, h)).collect();
+                        let _ = b.extend(pos, &never_stored);
+                    }
+                }
+                pos += len;
+            }
+            if runs.iter().all(|r| r.1 == 0) {
+                proptest::prop_assert_eq!(done.len() as u64, total / TILE);
+            }
         }
     }
 }

@@ -476,8 +476,14 @@ async fn publish_checkpoints(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = crate::audit::log::publish_checkpoint(&store, &signer).await {
-            tracing::error!(error = %e, "publishing an audit checkpoint failed");
+        let began = std::time::Instant::now();
+        match crate::audit::log::publish_checkpoint(&store, &signer).await {
+            Ok(latest) => tracing::debug!(
+                size = latest.map_or(0, |c| c.size),
+                took_ms = began.elapsed().as_millis() as u64,
+                "audit checkpoint up to date"
+            ),
+            Err(e) => tracing::error!(error = %e, "publishing an audit checkpoint failed"),
         }
     }
 }

@@ -12,7 +12,7 @@ mod sqlite;
 
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
 
-pub use crate::domain::merkle::Hash;
+pub use crate::domain::merkle::{Hash, TileBuilder};
 
 /// An audit record with its log position and stored leaf hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,15 +308,18 @@ impl Store {
     /// Appends audit records in one transaction: all or none are durable.
     /// With a journal mark, the journal's progress moves in the same
     /// transaction (and the append fails if it was not at `mark.from`).
+    /// With a tile builder, the tiles the records complete are stored in
+    /// that transaction too, and the builder moves on once it commits.
     pub async fn append_audit(
         &self,
         records: &[AuditRecord],
         journal: Option<JournalMark<'_>>,
+        tiles: Option<&mut TileBuilder>,
     ) -> Result<(), StoreError> {
         if records.is_empty() && journal.is_none() {
             return Ok(());
         }
-        dispatch!(self, s => s.append_audit(records, journal).await)
+        dispatch!(self, s => s.append_audit(records, journal, tiles).await)
     }
 
     /// Identifies this database's audit log (random, made by a migration).

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgCopyIn, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnection, PgCopyIn, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
     AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
-    StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
+    StoreError, StoredCheckpoint, TileBuilder, hash32, pack_tokens, push_audit_filter,
 };
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
@@ -85,6 +85,22 @@ impl PgBulk {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Stores tile hashes; a tile already stored is kept (tiles are never
+/// rewritten).
+async fn insert_tiles(conn: &mut PgConnection, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
+    let idx: Vec<i64> = tiles.iter().map(|(t, _)| *t as i64).collect();
+    let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, h)| h.to_vec()).collect();
+    sqlx::query(
+        "INSERT INTO audit_tiles (tile, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[]) \
+         ON CONFLICT (tile) DO NOTHING",
+    )
+    .bind(idx)
+    .bind(hashes)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn mirror_row(r: &PgRow) -> Result<RawMirrorRow, sqlx::Error> {
@@ -306,6 +322,7 @@ impl PgStore {
         &self,
         records: &[AuditRecord],
         journal: Option<JournalMark<'_>>,
+        tiles: Option<&mut TileBuilder>,
     ) -> Result<(), StoreError> {
         macro_rules! col {
             ($f:expr) => {
@@ -326,10 +343,10 @@ impl PgStore {
         let indexes: Vec<i64> = (0..records.len() as u64)
             .map(|i| (start + i) as i64)
             .collect();
-        let hashes: Vec<Vec<u8>> = records
+        let hashes: Vec<Hash> = records
             .iter()
             .enumerate()
-            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a).to_vec())
+            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a))
             .collect();
         sqlx::query(
             "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
@@ -363,28 +380,27 @@ impl PgStore {
         .bind(col!(|a| a.mirror_version))
         .bind(col!(|a| a.latency_us.min(i32::MAX as u32) as i32))
         .bind(indexes)
-        .bind(hashes)
+        .bind(hashes.iter().map(|h| h.to_vec()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         if let Some(m) = journal {
             Self::mark_journal(&mut tx, m).await?;
         }
+        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
+        if let Some((done, _)) = &built
+            && !done.is_empty()
+        {
+            insert_tiles(&mut tx, done).await?;
+        }
         tx.commit().await?;
+        if let (Some(b), Some((_, after))) = (tiles, built) {
+            *b = after;
+        }
         Ok(())
     }
 
     pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
-        let idx: Vec<i64> = tiles.iter().map(|(t, _)| *t as i64).collect();
-        let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, h)| h.to_vec()).collect();
-        sqlx::query(
-            "INSERT INTO audit_tiles (tile, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[]) \
-             ON CONFLICT (tile) DO NOTHING",
-        )
-        .bind(idx)
-        .bind(hashes)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_tiles(&mut *self.pool.acquire().await?, tiles).await
     }
 
     pub async fn prune_audit_before(&self, before: u64, cutoff_us: i64) -> Result<u64, StoreError> {

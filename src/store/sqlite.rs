@@ -12,7 +12,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{
     AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
-    SQLITE_CHUNK, StoreError, StoredCheckpoint, hash32, pack_tokens, push_audit_filter,
+    SQLITE_CHUNK, StoreError, StoredCheckpoint, TileBuilder, hash32, pack_tokens,
+    push_audit_filter,
 };
 use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
 
@@ -84,6 +85,24 @@ async fn upsert_in(
         changed += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(changed)
+}
+
+/// Stores tile hashes; a tile already stored is kept (tiles are never
+/// rewritten).
+async fn insert_tiles(
+    conn: &mut SqliteConnection,
+    tiles: &[(u64, Hash)],
+) -> Result<(), StoreError> {
+    for chunk in tiles.chunks(SQLITE_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO audit_tiles (tile, hash) ");
+        qb.push_values(chunk, |mut b, (t, h)| {
+            b.push_bind(*t as i64).push_bind(h.to_vec());
+        });
+        qb.push(" ON CONFLICT (tile) DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 fn mirror_row(r: &SqliteRow) -> Result<RawMirrorRow, sqlx::Error> {
@@ -264,6 +283,7 @@ impl SqliteStore {
         &self,
         records: &[AuditRecord],
         journal: Option<JournalMark<'_>>,
+        tiles: Option<&mut TileBuilder>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // Taking the next positions and inserting the records is one
@@ -274,7 +294,13 @@ impl SqliteStore {
                 .bind(n)
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut next = (end - n) as u64;
+        let start = (end - n) as u64;
+        let hashes: Vec<Hash> = records
+            .iter()
+            .enumerate()
+            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a))
+            .collect();
+        let mut leaf = start..;
         for chunk in records.chunks(SQLITE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
@@ -284,8 +310,7 @@ impl SqliteStore {
             );
             qb.push_values(chunk, |mut b, a| {
                 let v = &a.verdict;
-                let index = next;
-                next += 1;
+                let index = leaf.next().expect("unbounded");
                 b.push_bind(a.audit_id.clone())
                     .push_bind(a.recorded_at)
                     .push_bind(a.caller.to_string())
@@ -308,25 +333,30 @@ impl SqliteStore {
                     .push_bind(a.mirror_version)
                     .push_bind(i64::from(a.latency_us))
                     .push_bind(index as i64)
-                    .push_bind(merkle::leaf_hash(index, a).to_vec());
+                    .push_bind(hashes[(index - start) as usize].to_vec());
             });
             qb.build().execute(&mut *tx).await?;
         }
         if let Some(m) = journal {
             Self::mark_journal(&mut tx, m).await?;
         }
+        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
+        if let Some((done, _)) = &built
+            && !done.is_empty()
+        {
+            insert_tiles(&mut tx, done).await?;
+        }
         tx.commit().await?;
+        if let (Some(b), Some((_, after))) = (tiles, built) {
+            *b = after;
+        }
         Ok(())
     }
 
     pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO audit_tiles (tile, hash) ");
-        qb.push_values(tiles, |mut b, (t, h)| {
-            b.push_bind(*t as i64).push_bind(h.to_vec());
-        });
-        qb.push(" ON CONFLICT (tile) DO NOTHING");
-        qb.build().execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        insert_tiles(&mut tx, tiles).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1,9 +1,10 @@
 //! Store conformance: the same behaviour from SQLite and PostgreSQL.
 
+use simverify::domain::merkle::{self, TILE};
 use simverify::domain::{
     AuditRecord, CivilDate, Decision, Identity, LookupKey, MirrorRecord, Purpose, Reason, Verdict,
 };
-use simverify::store::{ImportStats, JournalMark, Store, StoreError};
+use simverify::store::{Hash, ImportStats, JournalMark, Store, StoreError, TileBuilder};
 
 use crate::both_backends;
 use crate::helpers::{Backend, TestDb, test_hasher};
@@ -150,7 +151,7 @@ async fn audit_round_trips(backend: Backend) {
             latency_us: 42,
         })
         .collect();
-    store.append_audit(&records, None).await.unwrap();
+    store.append_audit(&records, None, None).await.unwrap();
     assert_eq!(store.audit_count().await.unwrap(), 2500);
     for r in [&records[0], &records[1], &records[2499]] {
         assert_eq!(
@@ -160,7 +161,7 @@ async fn audit_round_trips(backend: Backend) {
     }
     assert_eq!(store.audit_by_id("nope").await.unwrap(), None);
     // audit_id is unique: a replayed batch is refused whole.
-    assert!(store.append_audit(&records[..2], None).await.is_err());
+    assert!(store.append_audit(&records[..2], None, None).await.is_err());
     assert_eq!(store.audit_count().await.unwrap(), 2500);
 }
 
@@ -195,24 +196,96 @@ async fn journal_marks_move_with_their_records(backend: Backend) {
         })
     };
     store
-        .append_audit(&records[..10], mark(0, 10))
+        .append_audit(&records[..10], mark(0, 10), None)
         .await
         .unwrap();
     assert_eq!(store.audit_journal_progress("j1").await.unwrap(), Some(10));
     // A second indexer working from a stale mark changes nothing.
     assert!(matches!(
-        store.append_audit(&records[10..], mark(0, 10)).await,
+        store.append_audit(&records[10..], mark(0, 10), None).await,
         Err(StoreError::JournalConflict { expected: 0, .. })
     ));
     assert_eq!(store.audit_count().await.unwrap(), 10);
     assert_eq!(store.audit_size().await.unwrap(), 10);
     store
-        .append_audit(&records[10..], mark(10, 20))
+        .append_audit(&records[10..], mark(10, 20), None)
         .await
         .unwrap();
     assert_eq!(store.audit_journal_progress("j1").await.unwrap(), Some(20));
     assert_eq!(store.audit_size().await.unwrap(), 20);
     assert_eq!(store.audit_journal_progress("j2").await.unwrap(), None);
+}
+
+/// The indexer stores each tile with the batch that completes it; what its
+/// runs could not complete (a failed batch, another writer's records in
+/// between) a checkpoint computes from the stored leaves.
+async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let records: Vec<AuditRecord> = (0..1100)
+        .map(|i| AuditRecord {
+            audit_id: format!("audit-{i:05}"),
+            recorded_at: 1_700_000_000_000_000 + i,
+            caller: "carrier-a".into(),
+            request_id: format!("r{i}"),
+            job_id: None,
+            purpose: Purpose::Activation,
+            consent_ref: None,
+            lookup_key: None,
+            msisdn_hash: None,
+            key_id: 1,
+            verdict: Verdict::invalid(),
+            mirror_version: 1,
+            latency_us: 1,
+        })
+        .collect();
+    let leaves: Vec<Hash> = (0..1100)
+        .map(|i| merkle::leaf_hash(i as u64, &records[i]))
+        .collect();
+    let tile = |t: u64| (t, merkle::subtree(&leaves, t * TILE, (t + 1) * TILE));
+    let mut b = TileBuilder::default();
+    store
+        .append_audit(&records[..300], None, Some(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0)]);
+    // A batch that fails (its ids are taken) stores nothing and leaves the
+    // builder where it was.
+    assert!(
+        store
+            .append_audit(&records[..2], None, Some(&mut b))
+            .await
+            .is_err()
+    );
+    store
+        .append_audit(&records[300..700], None, Some(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0), tile(1)]);
+    // Another writer's records: this builder's next run does not continue
+    // its last, so tiles 2 (512..768) and 3 (768..1024) are not its to
+    // complete.
+    store
+        .append_audit(&records[700..800], None, None)
+        .await
+        .unwrap();
+    store
+        .append_audit(&records[800..], None, Some(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0), tile(1)]);
+    let all = simverify::audit::log::ensure_tiles(&store, 1100)
+        .await
+        .unwrap();
+    assert_eq!(all, (0..4).map(|t| tile(t).1).collect::<Vec<_>>());
+    assert_eq!(
+        store.audit_tiles(10).await.unwrap(),
+        (0..4).map(tile).collect::<Vec<_>>()
+    );
+    let v = simverify::audit::log::verify_log(&store, None)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, 1100);
 }
 
 async fn a_different_key_is_refused(backend: Backend) {
@@ -294,6 +367,7 @@ both_backends!(
     versions_and_changes,
     audit_round_trips,
     journal_marks_move_with_their_records,
+    tiles_are_stored_with_the_batch_that_completes_them,
     a_different_key_is_refused,
     a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id,
 );

@@ -490,8 +490,8 @@ async fn monthly_partitions_are_dropped_by_retention_postgres() {
         .map(|i| record(i, this_month - 86_400_000_000 + i))
         .collect();
     let new: Vec<_> = (300..400).map(|i| record(i, this_month + i)).collect();
-    store.append_audit(&old, None).await.unwrap();
-    store.append_audit(&new, None).await.unwrap();
+    store.append_audit(&old, None, None).await.unwrap();
+    store.append_audit(&new, None, None).await.unwrap();
     let key = db.dir.path().join("k");
     let signer = simverify::audit::log::Signer::load_or_create(&key, true).unwrap();
     let r = simverify::audit::log::apply_retention(&store, &signer, this_month)
