@@ -118,9 +118,7 @@ pub struct JournalConfig {
     /// Records durable but not yet indexed before appends wait for the
     /// indexer: bounds the disk a burst may use and how stale queries get.
     pub max_backlog: u64,
-    /// The most records per store transaction. Full-speed batches are
-    /// sized to take about a quarter of a second within it, at the pace the
-    /// store has just shown; yielding batches are a tenth of that.
+    /// Records per store transaction when indexing at full speed.
     pub index_batch: usize,
     /// Share of the time the indexer may work while answers are being
     /// journaled: indexing yields the CPU to answering during bursts and
@@ -1073,20 +1071,8 @@ impl Drop for ReaderWaiting<'_> {
     }
 }
 
-/// What one of the indexer's store transactions aims to take. Long enough
-/// that a transaction's fixed costs (its commit's fsync above all) are
-/// spread over thousands of records; short enough that none holds SQLite's
-/// one write lock for long (a checkpoint's tiles, an import wait behind it),
-/// or comes near sqlx's slow-statement warning (1 s), which a busy machine
-/// made the fixed 20,000-record batches trip on PostgreSQL.
-const BATCH_TIME: Duration = Duration::from_millis(250);
-
-/// The fewest records a full-speed batch is cut to, whatever it takes.
-const MIN_BATCH: usize = 500;
-
 /// When the indexer yields to answering and when it runs at full speed.
 struct IndexPolicy {
-    /// The most records a store transaction takes (`index_batch`).
     batch: usize,
     busy_share: f64,
     eager_above: u64,
@@ -1103,20 +1089,6 @@ enum Pace {
 }
 
 impl IndexPolicy {
-    /// The next full batch's size, after a batch of `records` took `took`:
-    /// halfway from `current` to the size that would take [`BATCH_TIME`]
-    /// at the rate just seen (halfway, so one slow batch does not swing
-    /// it), within [`MIN_BATCH`] and `batch`. Batches too small to give a
-    /// rate leave it alone.
-    fn next_batch(&self, current: usize, records: usize, took: Duration) -> usize {
-        if records < 100 {
-            return current;
-        }
-        let per_record = took.as_secs_f64().max(1e-9) / records as f64;
-        let aim = (BATCH_TIME.as_secs_f64() / per_record).min(usize::MAX as f64 / 2.0) as usize;
-        (current / 2 + aim / 2).clamp(MIN_BATCH.min(self.batch), self.batch)
-    }
-
     /// `behind_for` is how long ago the indexer was last caught up: every
     /// record not yet indexed was written since, so it bounds their age.
     ///
@@ -1148,8 +1120,6 @@ async fn index(
     let mut indexed = *shared.indexed.borrow();
     let mut failures = 0u32;
     let mut caught_up_at = Instant::now();
-    // Full batches start at their largest and follow the store's pace.
-    let mut full_batch = policy.batch;
     // The tiles each batch completes are stored with it, so checkpoints
     // need not read the leaves back.
     let mut tiles = TileBuilder::default();
@@ -1176,9 +1146,9 @@ async fn index(
             shared.readers.load(std::sync::atomic::Ordering::SeqCst) > 0,
         ) == Pace::Yield;
         let batch = if yielding {
-            (full_batch / 10).max(1)
+            (policy.batch / 10).max(1)
         } else {
-            full_batch
+            policy.batch
         };
         let started = Instant::now();
         let to = durable.min(indexed + batch as u64);
@@ -1208,8 +1178,6 @@ async fn index(
         match result {
             Ok(()) => {
                 failures = 0;
-                full_batch =
-                    policy.next_batch(full_batch, (to - indexed) as usize, started.elapsed());
                 indexed = to;
                 shared.indexed.send_replace(indexed);
                 remove_indexed_segments(&shared, indexed);
@@ -1561,36 +1529,6 @@ mod tests {
         assert_eq!(p.pace(true, 1000, young, false), Pace::Full);
         // An auditor is waiting for the store.
         assert_eq!(p.pace(true, 10, young, true), Pace::Full);
-    }
-
-    #[test]
-    fn full_batches_follow_the_stores_pace() {
-        let p = IndexPolicy {
-            batch: 20_000,
-            busy_share: 0.05,
-            eager_above: 1000,
-            max_lag: Duration::from_secs(10),
-        };
-        let ms = Duration::from_millis;
-        // 20,000 records in 2 s: 2,500 would take the aim; halfway there.
-        assert_eq!(p.next_batch(20_000, 20_000, ms(2000)), 11_250);
-        // Slow batches keep cutting it, down to the floor.
-        let mut b = 20_000;
-        for _ in 0..20 {
-            b = p.next_batch(b, b, ms(5000));
-        }
-        assert_eq!(b, MIN_BATCH);
-        // A fast store brings it back up, never past the configured size.
-        for _ in 0..20 {
-            b = p.next_batch(b, b, ms(10));
-        }
-        assert_eq!(b, 20_000);
-        // Too few records to tell a rate; and a zero duration is no fault.
-        assert_eq!(p.next_batch(7_000, 50, ms(5000)), 7_000);
-        assert_eq!(p.next_batch(7_000, 7_000, Duration::ZERO), 20_000);
-        // A configured batch below the floor is kept as it is.
-        let small = IndexPolicy { batch: 7, ..p };
-        assert_eq!(small.next_batch(7, 7, ms(5000)), 7);
     }
 
     #[test]
