@@ -24,6 +24,10 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// Audit records per `INSERT` statement. A transaction takes as many as
+/// it is given; its statements stay well under a second.
+const PG_AUDIT_CHUNK: usize = 5_000;
+
 /// PostgreSQL's binary `COPY` header: the signature, then zero flags and a
 /// zero-length header extension. Rows follow as a field count and each field
 /// as length + big-endian value; a -1 field count ends the data.
@@ -324,11 +328,6 @@ impl PgStore {
         journal: Option<JournalMark<'_>>,
         tiles: Option<&mut TileBuilder>,
     ) -> Result<(), StoreError> {
-        macro_rules! col {
-            ($f:expr) => {
-                records.iter().map($f).collect::<Vec<_>>()
-            };
-        }
         let mut tx = self.pool.begin().await?;
         // The head row's lock serialises writers (several gateways share one
         // dense sequence), and positions commit with their records.
@@ -340,13 +339,51 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let start = (end - n) as u64;
-        let indexes: Vec<i64> = (0..records.len() as u64)
-            .map(|i| (start + i) as i64)
-            .collect();
         let hashes: Vec<Hash> = records
             .iter()
             .enumerate()
             .map(|(i, a)| merkle::leaf_hash(start + i as u64, a))
+            .collect();
+        // One statement per chunk, all in the one transaction: a catch-up
+        // batch of 20,000 records as one statement took over a second on a
+        // busy machine, which sqlx reports as a slow statement every time.
+        for (c, chunk) in records.chunks(PG_AUDIT_CHUNK).enumerate() {
+            let first = c * PG_AUDIT_CHUNK;
+            self.insert_audit_chunk(&mut tx, chunk, start + first as u64, &hashes[first..])
+                .await?;
+        }
+        if let Some(m) = journal {
+            Self::mark_journal(&mut tx, m).await?;
+        }
+        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
+        if let Some((done, _)) = &built
+            && !done.is_empty()
+        {
+            insert_tiles(&mut tx, done).await?;
+        }
+        tx.commit().await?;
+        if let (Some(b), Some((_, after))) = (tiles, built) {
+            *b = after;
+        }
+        Ok(())
+    }
+
+    /// Inserts `records` at positions `first..`, with their leaf hashes
+    /// (`hashes` from the first record's on).
+    async fn insert_audit_chunk(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        records: &[AuditRecord],
+        first: u64,
+        hashes: &[Hash],
+    ) -> Result<(), StoreError> {
+        macro_rules! col {
+            ($f:expr) => {
+                records.iter().map($f).collect::<Vec<_>>()
+            };
+        }
+        let indexes: Vec<i64> = (0..records.len() as u64)
+            .map(|i| (first + i) as i64)
             .collect();
         sqlx::query(
             "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
@@ -380,22 +417,14 @@ impl PgStore {
         .bind(col!(|a| a.mirror_version))
         .bind(col!(|a| a.latency_us.min(i32::MAX as u32) as i32))
         .bind(indexes)
-        .bind(hashes.iter().map(|h| h.to_vec()).collect::<Vec<_>>())
-        .execute(&mut *tx)
+        .bind(
+            hashes[..records.len()]
+                .iter()
+                .map(|h| h.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
         .await?;
-        if let Some(m) = journal {
-            Self::mark_journal(&mut tx, m).await?;
-        }
-        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
-        if let Some((done, _)) = &built
-            && !done.is_empty()
-        {
-            insert_tiles(&mut tx, done).await?;
-        }
-        tx.commit().await?;
-        if let (Some(b), Some((_, after))) = (tiles, built) {
-            *b = after;
-        }
         Ok(())
     }
 

@@ -288,6 +288,49 @@ async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
     assert_eq!(v.records, 1100);
 }
 
+/// A catch-up batch larger than one statement's share (PostgreSQL splits
+/// its insert, SQLite its `VALUES` lists) is stored whole, in order, with its
+/// tiles, in one transaction.
+async fn a_large_audit_batch_is_stored_whole(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let records: Vec<AuditRecord> = (0..12_345)
+        .map(|i| AuditRecord {
+            audit_id: format!("audit-{i:05}"),
+            recorded_at: 1_700_000_000_000_000 + i,
+            caller: "carrier-a".into(),
+            request_id: format!("r{i}"),
+            job_id: None,
+            purpose: Purpose::Cleanup,
+            consent_ref: None,
+            lookup_key: None,
+            msisdn_hash: None,
+            key_id: 1,
+            verdict: Verdict::invalid(),
+            mirror_version: 1,
+            latency_us: 1,
+        })
+        .collect();
+    let mut b = TileBuilder::default();
+    store
+        .append_audit(&records, None, Some(&mut b))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_size().await.unwrap(), 12_345);
+    assert_eq!(store.audit_tiles(1000).await.unwrap().len(), 12_345 / 256);
+    for i in [0, 4_999, 5_000, 10_000, 12_344] {
+        let r = store
+            .audit_leaf_of(&records[i].audit_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.index, r.record), (i as u64, records[i].clone()));
+    }
+    let v = simverify::audit::log::verify_log(&store, None)
+        .await
+        .unwrap();
+    assert_eq!((v.problem, v.records), (None, 12_345));
+}
+
 async fn a_different_key_is_refused(backend: Backend) {
     let (_db, store) = open(backend).await;
     let h = test_hasher();
@@ -368,6 +411,7 @@ both_backends!(
     audit_round_trips,
     journal_marks_move_with_their_records,
     tiles_are_stored_with_the_batch_that_completes_them,
+    a_large_audit_batch_is_stored_whole,
     a_different_key_is_refused,
     a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id,
 );
