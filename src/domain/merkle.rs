@@ -171,6 +171,49 @@ impl TileBuilder {
     }
 }
 
+/// A log's complete tiles folded, as they come, into the perfect subtrees
+/// its root is made of (at most one per power of two), so that a root over
+/// any number of tiles needs O(log n) hashes and each tile is read once.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    tiles: u64,
+    /// Perfect subtrees over whole tiles, largest first, as (tiles, hash).
+    peaks: Vec<(u64, Hash)>,
+}
+
+impl Frontier {
+    /// How many tiles are folded in: tiles `0..tiles()`.
+    pub fn tiles(&self) -> u64 {
+        self.tiles
+    }
+
+    /// Folds in the next tile's hash.
+    pub fn push_tile(&mut self, hash: Hash) {
+        self.tiles += 1;
+        let mut node = (1, hash);
+        while let Some(&(n, left)) = self.peaks.last() {
+            if n != node.0 {
+                break;
+            }
+            self.peaks.pop();
+            node = (2 * n, node_hash(&left, &node.1));
+        }
+        self.peaks.push(node);
+    }
+
+    /// The root of the log made of the folded tiles and then `tail`, the
+    /// leaves after them (fewer than a tile's). RFC 6962 splits a tree at
+    /// the largest power of two below its size, so the root is its perfect
+    /// subtrees, largest first, each joined to the root of what follows it.
+    pub fn root(&self, tail: &[Hash]) -> Hash {
+        let mut acc = (!tail.is_empty()).then(|| root(tail, tail.len() as u64));
+        for (_, peak) in self.peaks.iter().rev() {
+            acc = Some(acc.map_or(*peak, |r| node_hash(peak, &r)));
+        }
+        acc.unwrap_or_else(|| root::<[Hash]>(&[], 0))
+    }
+}
+
 /// RFC 6962 PATH(m, D[lo:hi]).
 fn path<S: TreeSource + ?Sized>(s: &S, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
     let n = hi - lo;
@@ -422,6 +465,19 @@ mod tests {
             let r = root(&t, n);
             proptest::prop_assert!(verify_inclusion(&l[m as usize], m, n, &inclusion_proof(&t, m, n), &r));
             proptest::prop_assert!(verify_consistency(k, n, &root(&t, k), &r, &consistency_proof(&t, k, n)));
+        }
+
+        /// A frontier of a log's complete tiles, with the leaves after them,
+        /// gives the log's root, whatever its size.
+        #[test]
+        fn a_frontier_gives_the_logs_root(n in 0u64..4000) {
+            let l = leaves(n);
+            let mut f = Frontier::default();
+            for t in 0..n / TILE {
+                f.push_tile(subtree(&l, t * TILE, (t + 1) * TILE));
+            }
+            proptest::prop_assert_eq!(f.tiles(), n / TILE);
+            proptest::prop_assert_eq!(f.root(&l[(n / TILE * TILE) as usize..]), root(&l, n));
         }
 
         /// Runs appended by this writer (0), by another writer (1), or by

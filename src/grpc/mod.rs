@@ -231,10 +231,16 @@ impl Application {
             .await;
         let monitor = tokio::spawn(monitor_store(verifier.store().clone(), health));
         let store = verifier.store().clone();
+        // Shared with the last checkpoint at shutdown, which then reads only
+        // what the minutely ones have not.
+        let publisher = Arc::new(tokio::sync::Mutex::new(
+            crate::audit::log::CheckpointPublisher::default(),
+        ));
         let checkpoints = tokio::spawn(publish_checkpoints(
             store.clone(),
             cfg.audit_signer.clone(),
             cfg.checkpoint_interval,
+            publisher.clone(),
         ));
         let upkeep = tokio::spawn(audit_upkeep(
             store.clone(),
@@ -339,8 +345,15 @@ impl Application {
         }
         checkpoints.abort();
         upkeep.abort();
+        // Cancelled, the task gives the publisher back.
+        let _ = checkpoints.await;
         // A last checkpoint covers everything answered before the stop.
-        match crate::audit::log::publish_checkpoint(&store, &cfg.audit_signer).await {
+        let last = publisher
+            .lock()
+            .await
+            .publish(&store, &cfg.audit_signer)
+            .await;
+        match last {
             Ok(Some(c)) => tracing::info!(size = c.size, "audit checkpoint published"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "final audit checkpoint failed"),
@@ -471,13 +484,15 @@ async fn publish_checkpoints(
     store: Store,
     signer: Arc<crate::audit::log::Signer>,
     every: Duration,
+    publisher: Arc<tokio::sync::Mutex<crate::audit::log::CheckpointPublisher>>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let began = std::time::Instant::now();
-        match crate::audit::log::publish_checkpoint(&store, &signer).await {
+        let published = publisher.lock().await.publish(&store, &signer).await;
+        match published {
             Ok(latest) => tracing::debug!(
                 size = latest.map_or(0, |c| c.size),
                 took_ms = began.elapsed().as_millis() as u64,

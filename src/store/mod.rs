@@ -400,9 +400,9 @@ impl Store {
         dispatch!(self, s => s.audit_leaf_of(audit_id).await)
     }
 
-    /// Stored tile hashes for tiles `0..below`, in order.
-    pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
-        dispatch!(self, s => s.audit_tiles(below).await)
+    /// Stored tile hashes for tiles `from..below`, in order.
+    pub async fn audit_tiles(&self, from: u64, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        dispatch!(self, s => s.audit_tiles(from, below).await)
     }
 
     pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {

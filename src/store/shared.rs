@@ -215,10 +215,11 @@ macro_rules! shared_methods {
             row.as_ref().map(indexed_row).transpose()
         }
 
-        pub async fn audit_tiles(&self, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        pub async fn audit_tiles(&self, from: u64, below: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
             let rows: Vec<(i64, Vec<u8>)> =
-                sqlx::query_as("SELECT tile, hash FROM audit_tiles WHERE tile < $1 ORDER BY tile")
-                    .bind(below as i64)
+                sqlx::query_as("SELECT tile, hash FROM audit_tiles WHERE tile >= $1 AND tile < $2 ORDER BY tile")
+                    .bind(from.min(i64::MAX as u64) as i64)
+                    .bind(below.min(i64::MAX as u64) as i64)
                     .fetch_all(&self.pool)
                     .await?;
             rows.into_iter().map(|(t, h)| Ok((t as u64, hash32(&h, "tile")?))).collect()

@@ -247,7 +247,7 @@ async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
         .append_audit(&records[..300], None, Some(&mut b))
         .await
         .unwrap();
-    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0)]);
+    assert_eq!(store.audit_tiles(0, 10).await.unwrap(), vec![tile(0)]);
     // A batch that fails (its ids are taken) stores nothing and leaves the
     // builder where it was.
     assert!(
@@ -260,7 +260,10 @@ async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
         .append_audit(&records[300..700], None, Some(&mut b))
         .await
         .unwrap();
-    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0), tile(1)]);
+    assert_eq!(
+        store.audit_tiles(0, 10).await.unwrap(),
+        vec![tile(0), tile(1)]
+    );
     // Another writer's records: this builder's next run does not continue
     // its last, so tiles 2 (512..768) and 3 (768..1024) are not its to
     // complete.
@@ -272,13 +275,16 @@ async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
         .append_audit(&records[800..], None, Some(&mut b))
         .await
         .unwrap();
-    assert_eq!(store.audit_tiles(10).await.unwrap(), vec![tile(0), tile(1)]);
+    assert_eq!(
+        store.audit_tiles(0, 10).await.unwrap(),
+        vec![tile(0), tile(1)]
+    );
     let all = simverify::audit::log::ensure_tiles(&store, 1100)
         .await
         .unwrap();
     assert_eq!(all, (0..4).map(|t| tile(t).1).collect::<Vec<_>>());
     assert_eq!(
-        store.audit_tiles(10).await.unwrap(),
+        store.audit_tiles(0, 10).await.unwrap(),
         (0..4).map(tile).collect::<Vec<_>>()
     );
     let v = simverify::audit::log::verify_log(&store, None)
@@ -316,7 +322,10 @@ async fn a_large_audit_batch_is_stored_whole(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(store.audit_size().await.unwrap(), 12_345);
-    assert_eq!(store.audit_tiles(1000).await.unwrap().len(), 12_345 / 256);
+    assert_eq!(
+        store.audit_tiles(0, 1000).await.unwrap().len(),
+        12_345 / 256
+    );
     for i in [0, 4_999, 5_000, 10_000, 12_344] {
         let r = store
             .audit_leaf_of(&records[i].audit_id)
@@ -329,6 +338,70 @@ async fn a_large_audit_batch_is_stored_whole(backend: Backend) {
         .await
         .unwrap();
     assert_eq!((v.problem, v.records), (None, 12_345));
+}
+
+/// The gateway's minutely checkpoints fold complete tiles into a frontier
+/// and read only what is new; their roots are the log's, with tiles
+/// written by the appends or missing and filled from the leaves.
+async fn successive_checkpoints_give_the_logs_roots(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let signer = crate::helpers::test_signer(&db);
+    let records: Vec<AuditRecord> = (0..2000)
+        .map(|i| AuditRecord {
+            audit_id: format!("audit-{i:05}"),
+            recorded_at: 1_700_000_000_000_000 + i,
+            caller: "carrier-a".into(),
+            request_id: format!("r{i}"),
+            job_id: None,
+            purpose: Purpose::Activation,
+            consent_ref: None,
+            lookup_key: None,
+            msisdn_hash: None,
+            key_id: 1,
+            verdict: Verdict::invalid(),
+            mirror_version: 1,
+            latency_us: 1,
+        })
+        .collect();
+    let leaves: Vec<Hash> = (0..2000)
+        .map(|i| merkle::leaf_hash(i as u64, &records[i]))
+        .collect();
+    let mut tiles = TileBuilder::default();
+    let mut publisher = simverify::audit::log::CheckpointPublisher::default();
+    // Appends with and without tiles, checkpoints between some of them.
+    for (lo, hi, with_tiles, publish) in [
+        (0, 100, true, true),
+        (100, 300, true, true),
+        (300, 700, false, false),
+        (700, 1030, true, true),
+        (1030, 1536, true, true),
+        (1536, 1900, false, true),
+    ] {
+        let b = with_tiles.then_some(&mut tiles);
+        store.append_audit(&records[lo..hi], None, b).await.unwrap();
+        if publish {
+            let c = publisher.publish(&store, &signer).await.unwrap().unwrap();
+            assert_eq!(
+                (c.size, c.root),
+                (hi as u64, merkle::root(&leaves, hi as u64))
+            );
+        }
+    }
+    // A publisher that starts afresh (a restart) agrees.
+    store
+        .append_audit(&records[1900..], None, None)
+        .await
+        .unwrap();
+    let again = simverify::audit::log::CheckpointPublisher::default()
+        .publish(&store, &signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.root, merkle::root(&leaves, 2000));
+    let v = simverify::audit::log::verify_log(&store, Some(&signer.public_key()))
+        .await
+        .unwrap();
+    assert_eq!((v.problem, v.records, v.checkpoints), (None, 2000, 6));
 }
 
 async fn a_different_key_is_refused(backend: Backend) {
@@ -412,6 +485,7 @@ both_backends!(
     journal_marks_move_with_their_records,
     tiles_are_stored_with_the_batch_that_completes_them,
     a_large_audit_batch_is_stored_whole,
+    successive_checkpoints_give_the_logs_roots,
     a_different_key_is_refused,
     a_large_first_import_keeps_every_row_and_the_last_of_a_repeated_id,
 );
