@@ -232,21 +232,13 @@ impl TreeView {
 }
 
 /// Publishes a checkpoint of the current log if it grew since the last one;
-/// returns the latest checkpoint either way.
+/// returns the latest checkpoint either way. Reads every tile: a caller
+/// that publishes again and again keeps a [`CheckpointPublisher`] instead.
 pub async fn publish_checkpoint(
     store: &Store,
     signer: &Signer,
 ) -> Result<Option<StoredCheckpoint>, LogError> {
-    let size = store.audit_size().await?;
-    let latest = store.audit_checkpoint(None).await?;
-    if latest.as_ref().is_some_and(|c| c.size == size) || size == 0 {
-        return Ok(latest);
-    }
-    let view = TreeView::load(store, size, &[]).await?;
-    let root = merkle::root(&view, size);
-    let c = signer.sign(size, &root, crate::clock::now_micros());
-    store.put_audit_checkpoint(&c).await?;
-    Ok(Some(c))
+    CheckpointPublisher::default().publish(store, signer).await
 }
 
 /// Publishes checkpoints again and again (the gateway's minutely task),
@@ -261,7 +253,8 @@ pub struct CheckpointPublisher {
 }
 
 impl CheckpointPublisher {
-    /// As [`publish_checkpoint`].
+    /// Publishes a checkpoint of the current log if it grew since the
+    /// last one; returns the latest checkpoint either way.
     pub async fn publish(
         &mut self,
         store: &Store,
