@@ -47,6 +47,15 @@ pub struct StoredCheckpoint {
 /// (size, root, signed_at, key_id, signature) as selected.
 type CheckpointRow = (i64, Vec<u8>, i64, String, Vec<u8>);
 
+/// The leaf hashes of `records` at positions `start..`.
+fn leaf_hashes(start: u64, records: &[AuditRecord]) -> Vec<Hash> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, a)| crate::domain::merkle::leaf_hash(start + i as u64, a))
+        .collect()
+}
+
 fn hash32(b: &[u8], what: &'static str) -> Result<Hash, StoreError> {
     b.try_into().map_err(|_| StoreError::Corrupt(what))
 }

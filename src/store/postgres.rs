@@ -11,7 +11,7 @@ use super::{
     AuditQueryLog, Hash, ImportStats, IndexedAuditRecord, JournalMark, RawAuditRow, RawMirrorRow,
     StoreError, StoredCheckpoint, TileBuilder, hash32, pack_tokens, push_audit_filter,
 };
-use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -339,11 +339,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let start = (end - n) as u64;
-        let hashes: Vec<Hash> = records
-            .iter()
-            .enumerate()
-            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a))
-            .collect();
+        let hashes = super::leaf_hashes(start, records);
         // One statement per chunk, all in the one transaction: a catch-up
         // batch of 20,000 records as one statement took over a second on a
         // busy machine, which sqlx reports as a slow statement every time.

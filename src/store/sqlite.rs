@@ -15,7 +15,7 @@ use super::{
     SQLITE_CHUNK, StoreError, StoredCheckpoint, TileBuilder, hash32, pack_tokens,
     push_audit_filter,
 };
-use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord, merkle};
+use crate::domain::{AuditFilter, AuditRecord, AuditStatsRow, LookupKey, MirrorRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -295,11 +295,7 @@ impl SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
         let start = (end - n) as u64;
-        let hashes: Vec<Hash> = records
-            .iter()
-            .enumerate()
-            .map(|(i, a)| merkle::leaf_hash(start + i as u64, a))
-            .collect();
+        let hashes = super::leaf_hashes(start, records);
         let mut leaf = start..;
         for chunk in records.chunks(SQLITE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(

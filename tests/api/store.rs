@@ -165,16 +165,16 @@ async fn audit_round_trips(backend: Backend) {
     assert_eq!(store.audit_count().await.unwrap(), 2500);
 }
 
-async fn journal_marks_move_with_their_records(backend: Backend) {
-    let (_db, store) = open(backend).await;
-    let records: Vec<AuditRecord> = (0..20)
+/// `n` INVALID answers with ids `audit-00000`…, in order.
+fn plain_records(n: i64, purpose: Purpose) -> Vec<AuditRecord> {
+    (0..n)
         .map(|i| AuditRecord {
-            audit_id: uuid::Uuid::now_v7().to_string(),
+            audit_id: format!("audit-{i:05}"),
             recorded_at: 1_700_000_000_000_000 + i,
             caller: "carrier-a".into(),
             request_id: format!("r{i}"),
             job_id: None,
-            purpose: Purpose::Activation,
+            purpose,
             consent_ref: None,
             lookup_key: None,
             msisdn_hash: None,
@@ -183,7 +183,12 @@ async fn journal_marks_move_with_their_records(backend: Backend) {
             mirror_version: 1,
             latency_us: 1,
         })
-        .collect();
+        .collect()
+}
+
+async fn journal_marks_move_with_their_records(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let records = plain_records(20, Purpose::Activation);
     let log = store.audit_log_id().await.unwrap();
     assert_eq!(log.len(), 32);
     assert_eq!(store.audit_log_id().await.unwrap(), log);
@@ -221,23 +226,7 @@ async fn journal_marks_move_with_their_records(backend: Backend) {
 /// between) a checkpoint computes from the stored leaves.
 async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
     let (_db, store) = open(backend).await;
-    let records: Vec<AuditRecord> = (0..1100)
-        .map(|i| AuditRecord {
-            audit_id: format!("audit-{i:05}"),
-            recorded_at: 1_700_000_000_000_000 + i,
-            caller: "carrier-a".into(),
-            request_id: format!("r{i}"),
-            job_id: None,
-            purpose: Purpose::Activation,
-            consent_ref: None,
-            lookup_key: None,
-            msisdn_hash: None,
-            key_id: 1,
-            verdict: Verdict::invalid(),
-            mirror_version: 1,
-            latency_us: 1,
-        })
-        .collect();
+    let records = plain_records(1100, Purpose::Activation);
     let leaves: Vec<Hash> = (0..1100)
         .map(|i| merkle::leaf_hash(i as u64, &records[i]))
         .collect();
@@ -299,23 +288,7 @@ async fn tiles_are_stored_with_the_batch_that_completes_them(backend: Backend) {
 /// tiles, in one transaction.
 async fn a_large_audit_batch_is_stored_whole(backend: Backend) {
     let (_db, store) = open(backend).await;
-    let records: Vec<AuditRecord> = (0..12_345)
-        .map(|i| AuditRecord {
-            audit_id: format!("audit-{i:05}"),
-            recorded_at: 1_700_000_000_000_000 + i,
-            caller: "carrier-a".into(),
-            request_id: format!("r{i}"),
-            job_id: None,
-            purpose: Purpose::Cleanup,
-            consent_ref: None,
-            lookup_key: None,
-            msisdn_hash: None,
-            key_id: 1,
-            verdict: Verdict::invalid(),
-            mirror_version: 1,
-            latency_us: 1,
-        })
-        .collect();
+    let records = plain_records(12_345, Purpose::Cleanup);
     let mut b = TileBuilder::default();
     store
         .append_audit(&records, None, Some(&mut b))
@@ -346,23 +319,7 @@ async fn a_large_audit_batch_is_stored_whole(backend: Backend) {
 async fn successive_checkpoints_give_the_logs_roots(backend: Backend) {
     let (db, store) = open(backend).await;
     let signer = crate::helpers::test_signer(&db);
-    let records: Vec<AuditRecord> = (0..2000)
-        .map(|i| AuditRecord {
-            audit_id: format!("audit-{i:05}"),
-            recorded_at: 1_700_000_000_000_000 + i,
-            caller: "carrier-a".into(),
-            request_id: format!("r{i}"),
-            job_id: None,
-            purpose: Purpose::Activation,
-            consent_ref: None,
-            lookup_key: None,
-            msisdn_hash: None,
-            key_id: 1,
-            verdict: Verdict::invalid(),
-            mirror_version: 1,
-            latency_us: 1,
-        })
-        .collect();
+    let records = plain_records(2000, Purpose::Activation);
     let leaves: Vec<Hash> = (0..2000)
         .map(|i| merkle::leaf_hash(i as u64, &records[i]))
         .collect();
