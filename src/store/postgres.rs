@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgCopyIn, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgCopyIn, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
@@ -89,22 +89,6 @@ impl PgBulk {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Stores tile hashes; a tile already stored is kept (tiles are never
-/// rewritten).
-async fn insert_tiles(conn: &mut PgConnection, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
-    let idx: Vec<i64> = tiles.iter().map(|(t, _)| *t as i64).collect();
-    let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, h)| h.to_vec()).collect();
-    sqlx::query(
-        "INSERT INTO audit_tiles (tile, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[]) \
-         ON CONFLICT (tile) DO NOTHING",
-    )
-    .bind(idx)
-    .bind(hashes)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 fn mirror_row(r: &PgRow) -> Result<RawMirrorRow, sqlx::Error> {
@@ -348,20 +332,7 @@ impl PgStore {
             self.insert_audit_chunk(&mut tx, chunk, start + first as u64, &hashes[first..])
                 .await?;
         }
-        if let Some(m) = journal {
-            Self::mark_journal(&mut tx, m).await?;
-        }
-        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
-        if let Some((done, _)) = &built
-            && !done.is_empty()
-        {
-            insert_tiles(&mut tx, done).await?;
-        }
-        tx.commit().await?;
-        if let (Some(b), Some((_, after))) = (tiles, built) {
-            *b = after;
-        }
-        Ok(())
+        Self::finish_audit_append(tx, journal, tiles, start, &hashes).await
     }
 
     /// Inserts `records` at positions `first..`, with their leaf hashes
@@ -422,10 +393,6 @@ impl PgStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-
-    pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
-        insert_tiles(&mut *self.pool.acquire().await?, tiles).await
     }
 
     pub async fn prune_audit_before(&self, before: u64, cutoff_us: i64) -> Result<u64, StoreError> {

@@ -325,6 +325,59 @@ macro_rules! shared_methods {
             Ok(n.map(|n| n as u64))
         }
 
+        /// Stores tile hashes inside `tx`; a tile already stored is kept
+        /// (tiles are never rewritten).
+        async fn insert_tiles(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            tiles: &[(u64, Hash)],
+        ) -> Result<(), StoreError> {
+            // Two parameters a row: within both backends' limits.
+            for chunk in tiles.chunks(super::SQLITE_CHUNK) {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("INSERT INTO audit_tiles (tile, hash) ");
+                qb.push_values(chunk, |mut b, (t, h)| {
+                    b.push_bind(*t as i64).push_bind(h.to_vec());
+                });
+                qb.push(" ON CONFLICT (tile) DO NOTHING");
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await?;
+            Self::insert_tiles(&mut tx, tiles).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Ends an audit append whose records, at positions `start..` with
+        /// leaf hashes `hashes`, are inserted in `tx`: moves the journal's
+        /// progress, stores the tiles they complete, commits, and only then
+        /// moves the tile builder on.
+        async fn finish_audit_append(
+            mut tx: sqlx::Transaction<'_, $db>,
+            journal: Option<super::JournalMark<'_>>,
+            tiles: Option<&mut TileBuilder>,
+            start: u64,
+            hashes: &[Hash],
+        ) -> Result<(), StoreError> {
+            if let Some(m) = journal {
+                Self::mark_journal(&mut tx, m).await?;
+            }
+            let built = tiles.as_ref().map(|b| b.extend(start, hashes));
+            if let Some((done, _)) = &built
+                && !done.is_empty()
+            {
+                Self::insert_tiles(&mut tx, done).await?;
+            }
+            tx.commit().await?;
+            if let (Some(b), Some((_, after))) = (tiles, built) {
+                *b = after;
+            }
+            Ok(())
+        }
+
         /// Moves a journal's progress from `m.from` to `m.to` inside `tx`.
         async fn mark_journal(
             tx: &mut sqlx::Transaction<'_, $db>,

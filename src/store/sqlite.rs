@@ -87,24 +87,6 @@ async fn upsert_in(
     Ok(changed)
 }
 
-/// Stores tile hashes; a tile already stored is kept (tiles are never
-/// rewritten).
-async fn insert_tiles(
-    conn: &mut SqliteConnection,
-    tiles: &[(u64, Hash)],
-) -> Result<(), StoreError> {
-    for chunk in tiles.chunks(SQLITE_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO audit_tiles (tile, hash) ");
-        qb.push_values(chunk, |mut b, (t, h)| {
-            b.push_bind(*t as i64).push_bind(h.to_vec());
-        });
-        qb.push(" ON CONFLICT (tile) DO NOTHING");
-        qb.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 fn mirror_row(r: &SqliteRow) -> Result<RawMirrorRow, sqlx::Error> {
     Ok(RawMirrorRow {
         lookup_key: r.try_get(0)?,
@@ -296,7 +278,7 @@ impl SqliteStore {
                 .await?;
         let start = (end - n) as u64;
         let hashes = super::leaf_hashes(start, records);
-        let mut leaf = start..;
+        let mut next = start;
         for chunk in records.chunks(SQLITE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO audit_log (audit_id, recorded_at, caller, request_id, job_id, purpose, \
@@ -306,7 +288,8 @@ impl SqliteStore {
             );
             qb.push_values(chunk, |mut b, a| {
                 let v = &a.verdict;
-                let index = leaf.next().expect("unbounded");
+                let index = next;
+                next += 1;
                 b.push_bind(a.audit_id.clone())
                     .push_bind(a.recorded_at)
                     .push_bind(a.caller.to_string())
@@ -333,27 +316,7 @@ impl SqliteStore {
             });
             qb.build().execute(&mut *tx).await?;
         }
-        if let Some(m) = journal {
-            Self::mark_journal(&mut tx, m).await?;
-        }
-        let built = tiles.as_ref().map(|b| b.extend(start, &hashes));
-        if let Some((done, _)) = &built
-            && !done.is_empty()
-        {
-            insert_tiles(&mut tx, done).await?;
-        }
-        tx.commit().await?;
-        if let (Some(b), Some((_, after))) = (tiles, built) {
-            *b = after;
-        }
-        Ok(())
-    }
-
-    pub async fn put_audit_tiles(&self, tiles: &[(u64, Hash)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_tiles(&mut tx, tiles).await?;
-        tx.commit().await?;
-        Ok(())
+        Self::finish_audit_append(tx, journal, tiles, start, &hashes).await
     }
 
     pub async fn prune_audit_before(
